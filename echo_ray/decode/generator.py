@@ -1,0 +1,152 @@
+"""ReportGenerator: the pure decoder class behind the CLI, evaluation and the Serve deployment.
+
+It validates a request before any compute (block size vs. the checkpoint's, S <= B, images present,
+prompt + max_new_tokens within the model context), builds the prompts, picks the decoder for the
+mode (`ar`, `multistep`, `onestep`) and returns parsed reports with forward counts and timings.
+`stream()` yields each finished block for incremental output.
+
+Usage:
+    gen = ReportGenerator(load_checkpoint(path), DecodeConfig(mode="onestep"), PromptConfig())
+    reports = gen.generate([[img_pa, img_lat], [img2]], language="en")
+    run = gen.stream([[img]]); [ev for ev in run]; run.reports
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+
+from PIL import Image
+
+from echo_ray.config import DecodeConfig, PromptConfig
+from echo_ray.decode.ar import ARDecoder
+from echo_ray.decode.batch import PromptBatch, collate_prompts
+from echo_ray.decode.blockwise import BlockDecoder, BlockEvent
+from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler
+from echo_ray.errors import InputError
+from echo_ray.model.checkpoint import Checkpoint
+from echo_ray.model.prompt import StudyPrompt, build_prompt
+from echo_ray.report import parse_report
+
+
+@dataclass
+class GeneratedReport:
+    text: str
+    findings: str
+    impression: str
+    complete: bool
+    tokens: list[int]
+    hit_max_length: bool
+    forward_passes: int
+    prefill_s: float
+    decode_s: float
+    latency_s: float
+    mode: str
+    block_size: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_decode(ckpt: Checkpoint, cfg: DecodeConfig, override_block: bool = False) -> DecodeConfig:
+    """Fill the block size from the checkpoint and check the combination; errors before compute."""
+    if cfg.mode == "ar":
+        return replace(cfg, block_size=cfg.block_size or 1)
+    if ckpt.mask_id is None:
+        raise InputError(f"checkpoint {ckpt.path} has no MASK token id; block decoding needs one")
+    trained = ckpt.block_size
+    block = cfg.block_size or trained
+    if block is None:
+        raise InputError(f"checkpoint {ckpt.path} records no block size; pass --block-size")
+    if trained is not None and block != trained and not override_block:
+        raise InputError(
+            f"block size {block} differs from the checkpoint's trained block size {trained} "
+            "(pass --override-block-size to decode with it anyway)"
+        )
+    steps = cfg.steps if cfg.mode == "multistep" and cfg.threshold is None else None
+    if cfg.mode == "multistep" and cfg.threshold is None:
+        steps = steps or block
+        if steps > block:
+            raise InputError(f"steps per block S={steps} exceeds the block size B={block}")
+    return replace(cfg, block_size=block, steps=steps)
+
+
+class Generation:
+    """An in-progress decode: iterate for BlockEvents; `.reports` once exhausted."""
+
+    def __init__(self, gen: "ReportGenerator", batch: PromptBatch, decoder, cfg: DecodeConfig, t_start: float):
+        self._gen, self._batch, self._decoder, self._cfg, self._t0 = gen, batch, decoder, cfg, t_start
+        self.tokens: list[list[int]] = [[] for _ in range(batch.n_rows)]
+        self.reports: list[GeneratedReport] | None = None
+
+    def __iter__(self) -> Iterator[BlockEvent]:
+        hit = [False] * self._batch.n_rows
+        for ev in self._decoder.stream(self._batch):
+            for i, toks in enumerate(ev.tokens):
+                self.tokens[i].extend(toks)
+            hit = ev.hit_max
+            yield ev
+        self.reports = [self._report(toks, h) for toks, h in zip(self.tokens, hit)]
+
+    def text(self, row: int) -> str:
+        return self._gen.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+
+    def _report(self, toks: list[int], hit: bool) -> GeneratedReport:
+        text = self._gen.tokenizer.decode(toks, skip_special_tokens=True).strip()
+        parsed = parse_report(text)
+        st = self._decoder.stats
+        return GeneratedReport(
+            text=text, findings=parsed.findings, impression=parsed.impression, complete=parsed.complete,
+            tokens=toks, hit_max_length=hit, forward_passes=st.forwards, prefill_s=st.prefill_s,
+            decode_s=st.decode_s, latency_s=time.perf_counter() - self._t0, mode=self._cfg.mode,
+            block_size=int(self._cfg.block_size or 1),
+        )  # fmt: skip
+
+
+class ReportGenerator:
+    """Checkpoint + decode settings -> reports for batches of studies."""
+
+    def __init__(self, ckpt: Checkpoint, decode: DecodeConfig, prompt: PromptConfig, override_block: bool = False):
+        self.ckpt, self.prompt_cfg, self.override_block = ckpt, prompt, override_block
+        self.cfg = resolve_decode(ckpt, decode, override_block)
+        self.tokenizer = ckpt.tokenizer
+        self.max_context = int(ckpt.model.config.get_text_config().max_position_embeddings)
+
+    def prompts(self, studies: list[list[Image.Image]], language: str) -> list[StudyPrompt]:
+        if not studies:
+            raise InputError("no studies to decode")
+        return [build_prompt(self.tokenizer, self.ckpt.image_processor, imgs, language, self.prompt_cfg) for imgs in studies]
+
+    def _decoder(self, cfg: DecodeConfig):
+        m, c = self.ckpt.model, self.ckpt
+        if cfg.mode == "ar":
+            return ARDecoder(m, c.eos_id, cfg.max_new_tokens)
+        sampler = (
+            OneStepSampler() if cfg.mode == "onestep" else ConfidenceSampler(steps=cfg.steps, threshold=cfg.threshold)
+        )
+        return BlockDecoder(m, c.mask_id, c.eos_id, int(cfg.block_size), sampler, cfg.cache, cfg.max_new_tokens)
+
+    def stream(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> Generation:
+        """Start decoding; overrides are DecodeConfig fields (mode, max_new_tokens, cache, ...)."""
+        t0 = time.perf_counter()
+        cfg = resolve_decode(self.ckpt, replace(self.cfg, **overrides), self.override_block) if overrides else self.cfg
+        language = language or cfg.language
+        prompts = self.prompts(studies, language)
+        longest = max(p.length for p in prompts)
+        if longest + cfg.max_new_tokens > self.max_context:
+            raise InputError(
+                f"prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} exceeds the model context "
+                f"of {self.max_context} tokens"
+            )
+        block = 1 if cfg.mode == "ar" else int(cfg.block_size)
+        mask_id = self.ckpt.mask_id if self.ckpt.mask_id is not None else self.ckpt.pad_id
+        batch = collate_prompts(self.ckpt.model, prompts, block, self.ckpt.pad_id, mask_id)
+        return Generation(self, batch, self._decoder(cfg), cfg, t0)
+
+    def generate(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> list[GeneratedReport]:
+        run = self.stream(studies, language, **overrides)
+        for _ in run:
+            pass
+        assert run.reports is not None
+        return run.reports
