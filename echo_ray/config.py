@@ -97,6 +97,8 @@ class SourceSpec:
 
     name: str = ""  # mimic_cxr | chexpert_plus | rexgradient | iu_xray | phantom
     path: str = ""
+    images: str = ""  # image root (local or s3://); empty = the source's own layout under path
+    require_images: bool = True  # False: keep studies whose listed image files are absent here
 
 
 @dataclass
@@ -111,6 +113,8 @@ class EngineConfig:
     max_new_tokens: int = 512
     prompt_version: str = "v1"
     num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float = 1.0
+    require_all_regions: bool = True  # LLM output must mention every standard region (method.md)
 
 
 @dataclass
@@ -120,6 +124,9 @@ class DedupConfig:
     num_clusters: int = 0  # 0 = about sqrt(N)
     num_actors: int = 1
     batch_size: int = 64
+    text: Literal["raw", "normalized"] = "raw"  # which report text is embedded (see pipeline/dedup.py)
+    kmeans_iters: int = 20
+    kmeans_sample: int = 50000  # k-means is fit on at most this many rows, then all rows are assigned
 
 
 @dataclass
@@ -128,6 +135,8 @@ class SplitConfig:
     dcd_rows: int = 30000
     eval_fraction: float = 0.1
     seed: int = 0
+    # sources the eval set is balanced over (paper); when none is present, every source is used
+    eval_sources: list[str] = field(default_factory=lambda: ["mimic_cxr", "chexpert_plus", "rexgradient"])
 
 
 @dataclass
@@ -141,6 +150,7 @@ class NormalizeConfig:
     seed: int = 0
     shard_rows: int = 512
     num_cpus_per_task: float = 0.5
+    wave_shards: int = 16  # non-streaming engines (vllm) run this many shards per Ray Data pass
 
 
 @dataclass
@@ -169,6 +179,9 @@ class StageConfig:
     keep_checkpoints: int = 2
     log_every: int = 1
     seed: int = 0
+    raw: bool = False  # train on raw_findings/raw_impression instead of the normalized report
+    freeze_vision: bool = False  # keep the vision tower fixed (only the language model trains)
+    preflight_rows: int = 16  # rows whose lengths are checked on the driver before workers start
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -242,7 +255,10 @@ class ServeConfig:
     max_images: int = 4
     max_pixels: int = 40_000_000
     decode_timeout_s: float = 60.0
-    auth_token_env: str = "ECHO_API_TOKEN"
+    auth_token_env: str = "ECHO_API_TOKEN"  # env var holding the bearer token; unset or empty = no auth
+    max_new_tokens_limit: int = 512  # largest max_new_tokens a request may ask for (422 above)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when the replica has a GPU
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass

@@ -74,7 +74,7 @@ def resolve_local(path: str, cache_dir: str | Path = "~/.cache/echo_ray/models")
         return download_prefix(path, cache_dir)
     p = Path(path).expanduser()
     if not p.exists():
-        raise InputError(f"model path does not exist: {p}")
+        raise InputError(f"model path not found: {p}")
     return p
 
 

@@ -45,3 +45,49 @@ def ray_cluster():
     except Exception:
         pass
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_dir(tmp_path_factory) -> Path:
+    """A random tiny Qwen2.5-VL checkpoint (block size 8), built once per test session."""
+    from echo_ray.config import TinyModelConfig
+    from echo_ray.model.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), TinyModelConfig(), block_size=8)
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small phantom corpus (12 studies, seed 0), written once per session."""
+    from echo_ray.data.phantom import write_phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    write_phantom(out, 12, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A local S3 (moto server on loopback); yields the endpoint URL with dummy credentials set.
+
+    Stands in for AWS, which cannot be reached here; the code under test uses plain boto3/pyarrow.
+    """
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

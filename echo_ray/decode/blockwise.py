@@ -173,6 +173,7 @@ class BlockDecoder:
         step = 0
         while bool(masked.any()):
             logits = forward(cur, step)
+            logits[..., self.mask_id] = float("-inf")  # MASK is never a final token
             self.stats.forwards += 1
             logp = torch.log_softmax(logits, dim=-1)
             conf, tok = logp.max(dim=-1)

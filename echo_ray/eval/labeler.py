@@ -6,7 +6,9 @@ CheXpert labeler finds negation/uncertainty with NegBio dependency patterns; thi
 so a cue's scope is its clause: the sentence cut at hard breaks ("but", "however", "although", ...)
 and at commas that open a new assertion (", small ...", ", there is ...", ", no ..."). Inside that
 scope the cue nearest before the finding wins; with none before it, cues after the finding
-("... is not seen", "... cannot be excluded", "... has resolved") decide.
+("... is not seen", "... cannot be excluded", "... has resolved") decide. A negation also governs a
+later hedge in its scope ("no opacity to suggest pneumonia" is negative); requests such as
+"evaluate for" / "correlate clinically for" count as uncertain, not as assertions.
 
 Two kinds of phrase rules per observation:
   * finding terms ("cardiomegaly", "pleural effusion"): status from the cues around them;
@@ -76,7 +78,7 @@ _EN_RULES: list[tuple[str, str, Optional[int]]] = [
      r"(?:cardio)?mediastin\w*", None),
     ("Enlarged Cardiomediastinum", r"(?:widening|prominence|enlargement) of the (?:superior |upper )?"
      r"(?:cardio)?mediastinum", None),
-    ("Cardiomegaly", r"cardiomegaly|cardiac enlargement|enlarged (?:heart|cardiac (?:silhouette|shadow))"
+    ("Cardiomegaly", r"cardiomegaly|cardiac enlargement|enlarged (?:heart|cardiac (?:silhouette|shadow|contour))"
      r"|enlargement of the (?:heart|cardiac silhouette)", None),
     ("Cardiomegaly", r"normal(?:[- ]sized?)? (?:heart|cardiac silhouette|cardiac size)", NEGATIVE),
     ("Cardiomegaly", r"\b" + _HEART + r"\b" + _GAP + r"\b" + _NORMAL + r"\b", NEGATIVE),
@@ -95,7 +97,8 @@ _EN_RULES: list[tuple[str, str, Optional[int]]] = [
     ("Pneumothorax", r"\w*pneumothora\w*", None),
     ("Pleural Effusion", r"(?<!pericardial )(?<!joint )(?:pleural )?effusions?|pleural fluid|hydrothorax", None),
     ("Pleural Other", r"pleural (?:thickening|plaques?|calcifications?|scar\w*)|thickening of the pleura"
-     r"|fibrothorax|(?:apical )?pleural cap(?:ping|s)?", None),
+     r"|fibrothorax|(?:apical|pleural) cap(?:ping|s)?\b|pleuro-?parenchymal (?:scar\w*|thickening)"
+     r"|pleural-parenchymal (?:scar\w*|thickening)", None),
     ("Fracture", r"fractur\w*|\bfx\b", None),
     ("Support Devices", r"\btubes?\b|catheters?|\bpicc\b|(?:central|venous|arterial|picc|jugular|subclavian)"
      r" (?:venous )?(?:line|catheter)s?|pacemaker|\bpacer\b|defibrillator|\ba?icd\b|\bleads?\b|wires?\b"
@@ -184,11 +187,20 @@ _XXXX = re.compile(r"\bx{2,}\b", re.IGNORECASE)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 _NORMAL_STATEMENTS = re.compile(
-    r"lungs? (?:are |is |appear |remain )?(?:\w+ )?clear|clear lungs|normal chest|no acute"
+    r"lungs? (?:are |is |appear |remain )?(?:\w+ )?clear|clear lungs|normal chest|no (?:acute|active)"
     r"|unremarkable|within normal limits|normal (?:heart|cardiac|cardiomediastinal|mediastinal|lungs?)"
     r"|no (?:active|significant|focal) (?:disease|abnormalit|finding)|negative (?:chest|study|exam)"
-    r"|(?:heart|lungs?|mediastinum|pleura|bones?|osseous)\b[^.]{0,40}\bnormal"
+    r"|(?:heart|lungs?|mediastinum|pleura|bones?|osseous)\b[^.]{0,40}\bnormal|\b(?:are|is|appears?) normal\b"
+    r"|\b(?:acute|active) (?:cardiopulmonary|pulmonary|cardiac|intrathoracic|thoracic|chest|disease|process)"
     r"|心肺未见|未见明显异常|未见异常|双肺纹理清晰|心影大小正常|正常",
+    _CUE_FLAGS,
+)
+# Chest findings outside the 14 observations still make a report clinically usable.
+_CHEST_FINDINGS = re.compile(
+    r"emphysema|hyperinflat\w*|hyperexpan\w*|granulom\w*|calcifi\w*|hemidiaphragm|lung volumes"
+    r"|spondylosis|scoliosis|kyphosis|osteophyte|degenerative|tortuous|hernia|copd|bronchiectasis"
+    r"|lymphadenopathy|adenopathy|sarcoidosis|tuberculosis|fibrosis"
+    r"|肺气肿|钙化|膈|脊柱",
     _CUE_FLAGS,
 )
 
@@ -303,9 +315,10 @@ def label_report(text: str) -> dict[str, int]:
 
 
 def has_clinical_content(text: str) -> bool:
-    """True when the text mentions any observation or states a normal finding ("lungs are clear")."""
+    """True when the text mentions an observation, states a normal finding ("lungs are clear"), or
+    names a common chest finding outside the 14 observations ("emphysema", "granuloma")."""
     if not isinstance(text, str) or not text.strip():
         return False
-    if _NORMAL_STATEMENTS.search(text):
+    if _NORMAL_STATEMENTS.search(text) or _CHEST_FINDINGS.search(text):
         return True
     return bool(extract_mentions(text))

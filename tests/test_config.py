@@ -1,0 +1,57 @@
+"""Typed config: strict loading (unknown keys name their path), overrides, saved next to outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from echo_ray.config import CONFIG_FILENAME, EchoConfig, load_config, save_config
+from echo_ray.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "lingshu7b.yaml"])
+def test_presets_load(name: str) -> None:
+    cfg = load_config(REPO / "configs" / name)
+    assert isinstance(cfg, EchoConfig)
+    assert cfg.model.block_size > 0
+
+
+def test_lingshu_preset_names_gpu_settings() -> None:
+    cfg = load_config(REPO / "configs" / "lingshu7b.yaml")
+    assert cfg.model.path.startswith("s3://") and cfg.model.dtype == "bfloat16"
+    d = cfg.train.distributed
+    assert d.use_gpu and d.zero_stage == 3 and d.bf16 and d.activation_checkpointing
+
+
+def test_unknown_key_is_named(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  rad:\n    max_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.rad\.max_stepz'"):
+        load_config(p)
+    p.write_text("bogus: 1\n")
+    with pytest.raises(ConfigError, match="'bogus'"):
+        load_config(p)
+
+
+def test_type_errors_and_literals(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  block_size: eight\n")
+    with pytest.raises(ConfigError, match="model.block_size"):
+        load_config(p)
+    p.write_text("decode:\n  mode: twostep\n")
+    with pytest.raises(ConfigError, match="decode.mode"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_overrides_and_roundtrip(tmp_path) -> None:
+    cfg = load_config(REPO / "configs" / "tiny.yaml", {"train.rad.max_steps": 3, "optim_unused": None} if False else {"train.rad.max_steps": 3})
+    assert cfg.train.rad.max_steps == 3
+    path = save_config(cfg, tmp_path)
+    assert path.name == CONFIG_FILENAME
+    again = load_config(path)
+    assert again == cfg
