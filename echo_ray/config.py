@@ -215,10 +215,14 @@ class DcdConfig:
     weight_schedule: Literal["linear", "exp", "flat"] = "linear"
     weight_strength: float = 1.0
     eos_weight: float = 1.0
-    queue_size: int = 32
+    queue_size: int = 32  # trajectory rows buffered between teachers and trainer (over all workers)
     replay_from: str = ""  # Parquet trajectories to replay instead of running teachers
     teacher_cpus: float = 0.5
     teacher_gpus: float = 0.0
+    teacher_batch_size: int = 4  # prompts per teacher call (decoded as one batch)
+    heldout_prompts: int = 16  # dcd-split prompts kept out of training; one-step agreement is measured on them
+    max_new_tokens: int = 160  # teacher decode length limit
+    write_trajectories: bool = True  # store every trajectory under <train.dcd.output_dir>/trajectories
 
 
 @dataclass
@@ -226,9 +230,22 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     cpt: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/cpt"))
     rad: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/rad"))
-    dcd: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/dcd"))
+    dcd: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/dcd", split="dcd"))
     rad_noise: RadConfig = field(default_factory=RadConfig)
     dcd_teacher: DcdConfig = field(default_factory=DcdConfig)
+
+
+@dataclass
+class EvalRow:
+    """One row of the evaluation table: a checkpoint decoded one way (unset fields: eval/decode)."""
+
+    name: str = ""  # table label; empty = "<checkpoint folder> <mode> B=<block size>"
+    model: str = ""  # checkpoint directory or s3://; empty = eval.model
+    mode: Optional[Literal["ar", "multistep", "onestep"]] = None
+    block_size: Optional[int] = None
+    steps: Optional[int] = None
+    threshold: Optional[float] = None
+    override_block: bool = False  # decode with a block size the checkpoint was not trained with
 
 
 @dataclass
@@ -244,6 +261,15 @@ class EvalConfig:
     ratescore_weights: str = ""
     radgraph_weights: str = ""
     chexbert_weights: str = ""
+    rows: list[EvalRow] = field(default_factory=list)  # empty = one row: eval.model decoded with `decode`
+    meteor: bool = False  # METEOR starts a JVM (15-25 s per row); turn on for paper-parity runs
+    title: str = ""  # table title; empty = "<split> split of <data> (<language>)"
+    quality_key: str = "semscore"  # y axis of the trade-off plot
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    num_actors: int = 0  # > 0: decode with a Ray Data pool of this many generator actors
+    num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float = 1.0
+    save_predictions: bool = True  # <output_dir>/predictions/<row>.jsonl, one line per report
 
 
 @dataclass

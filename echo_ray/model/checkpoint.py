@@ -46,10 +46,14 @@ class Checkpoint:
         return int(self.tokenizer.pad_token_id)
 
 
-def write_echo_meta(config: Any, mask_token_id: int | None, block_size: int | None) -> None:
-    """Store the MASK id and block size on the HF config (saved into config.json)."""
+def write_echo_meta(
+    config: Any, mask_token_id: int | None, block_size: int | None, languages: list[str] | None = None
+) -> None:
+    """Store the MASK id, block size and (when known) training languages on the HF config."""
     config.echo_mask_token_id = mask_token_id
     config.echo_block_size = block_size
+    if languages is not None:
+        config.echo_languages = sorted(set(languages))
 
 
 def read_echo_meta(config: Any) -> tuple[int | None, int | None]:
