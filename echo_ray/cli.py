@@ -29,6 +29,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("echo_ray.demo", "add_demo_parser"),
     ("echo_ray.eval.cli", "add_eval_parser"),
     ("echo_ray.data.pipeline.cli", "add_normalize_parser"),
+    ("echo_ray.serve.cli", "add_serve_parser"),
+    ("echo_ray.train.cli", "add_train_parser"),
 )
 
 

@@ -1,0 +1,236 @@
+"""Turn one HTTP report request (multipart upload or JSON with base64 images) into decoder input.
+
+Limits are checked before work that scales with them: the declared Content-Length and then the
+bytes actually read (413), the image count (413), each image's pixel count read from its header
+before decoding (413). The image type is judged from the bytes, not only the declared type: PNG,
+JPEG and DICOM are accepted; another image format or a non-image declared type is 415; bytes that
+claim to be an image but do not decode are 400. Field errors are 422 (see `schemas.py`).
+
+Usage:
+    body = await read_body(request.stream(), request.headers.get("content-length"), limits.max_body_bytes)
+    parsed = await parse_body(request.headers, body, limits)        # fields and counts checked (ApiError)
+    req = decode_images(parsed, limits.max_pixels)                  # ReportRequest; 400/413/415 per image
+    req.images, req.fields.language, req.n_bytes
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from echo_ray.data.images import image_from_bytes, is_dicom
+from echo_ray.errors import InputError
+from echo_ray.serve.schemas import ApiError, ReportFields, ReportJSON, parse_fields, validate_model
+
+ACCEPTED_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "application/dicom": "dicom"}
+GENERIC_TYPES = {"", "application/octet-stream"}  # browsers send these for .dcm files; judged by bytes
+FORM_FIELDS = {"language", "mode", "max_new_tokens"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int
+    max_images: int
+    max_pixels: int
+    max_new_tokens: int
+
+
+@dataclass
+class Upload:
+    data: bytes
+    declared_type: str
+    filename: str  # shown to the caller in errors, never logged
+
+
+@dataclass
+class ParsedBody:
+    """A request with checked fields and image count; images not yet decoded."""
+
+    uploads: list[Upload]
+    fields: ReportFields
+    n_bytes: int
+
+
+@dataclass
+class ReportRequest:
+    images: list[Image.Image]
+    fields: ReportFields
+    n_bytes: int  # request body size, for logs (never the content)
+
+
+async def read_body(stream: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
+    """Read the body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise ApiError(400, f"Content-Length header is not a number: {content_length[:40]!r}") from None
+        if declared > limit:
+            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sniff(data: bytes) -> str | None:
+    """'png' | 'jpeg' | 'dicom' from the magic bytes, else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    return "dicom" if is_dicom(data) else None
+
+
+def _pixel_count(data: bytes, kind: str) -> int | None:
+    """Pixels per frame from the header alone (no decode); None when the header is unreadable."""
+    try:
+        if kind == "dicom":
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            return int(ds.Rows) * int(ds.Columns)
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width * im.height
+    except Exception:  # unreadable headers are reported as corrupt by the full decode below
+        return None
+
+
+def _other_format(data: bytes) -> str | None:
+    """Name of a format Pillow recognizes (GIF, BMP, ...) for bytes that are none of ours."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format
+    except Exception:
+        return None
+
+
+def check_image(data: bytes, declared_type: str | None, index: int, filename: str, max_pixels: int) -> Image.Image:
+    """Validate and decode image #`index`; ApiError 415 (type), 413 (pixels) or 400 (corrupt).
+
+    The client sees the file name; the log line sees only the index (file names can hold PHI).
+    """
+
+    def fail(status: int, what: str) -> ApiError:
+        label = f"#{index} ({filename})" if filename else f"#{index}"
+        return ApiError(status, f"image {label} {what}", f"image #{index} {what}")
+
+    declared = (declared_type or "").split(";")[0].strip().lower()
+    if declared not in ACCEPTED_TYPES and declared not in GENERIC_TYPES:
+        raise fail(415, f"has unsupported content type {declared[:60]!r}; send PNG, JPEG or DICOM")
+    if not data:
+        raise fail(400, "is empty")
+    kind = sniff(data)
+    if kind is None:
+        other = _other_format(data)
+        if other:
+            raise fail(415, f"is {other}; send PNG, JPEG or DICOM")
+        raise fail(400, "is not a readable PNG, JPEG or DICOM file")
+    pixels = _pixel_count(data, kind)
+    if pixels is not None and pixels > max_pixels:
+        raise fail(413, f"has {pixels} pixels, over the limit of {max_pixels}")
+    try:
+        return image_from_bytes(data, name=f"#{index}", max_pixels=max_pixels)
+    except InputError as e:  # e names the image by index only
+        raise fail(400, f"could not be decoded ({e})") from None
+
+
+def _check_count(n: int, limits: Limits) -> None:
+    if n == 0:
+        raise ApiError(422, "field 'images': at least one image is required")
+    if n > limits.max_images:
+        raise ApiError(413, f"{n} images exceed the limit of {limits.max_images} per request")
+
+
+def _check_budget(fields: ReportFields, limits: Limits) -> ReportFields:
+    if fields.max_new_tokens is not None and fields.max_new_tokens > limits.max_new_tokens:
+        raise ApiError(422, f"field 'max_new_tokens': {fields.max_new_tokens} exceeds the limit of {limits.max_new_tokens}")
+    return fields
+
+
+async def _parse_multipart(headers: Headers, body: bytes, limits: Limits) -> ParsedBody:
+    async def once() -> AsyncIterator[bytes]:
+        yield body
+        yield b""
+
+    parser = MultiPartParser(headers, once(), max_files=1000, max_fields=1000, max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(400, f"malformed multipart body: {e.message}") from None
+    uploads: list[UploadFile] = []
+    values: dict[str, Any] = {}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                uploads.append(value)
+            elif key in FORM_FIELDS:
+                values[key] = value
+            elif key != "images":
+                raise ApiError(422, f"unknown field '{key}' (expected images, {', '.join(sorted(FORM_FIELDS))})")
+        fields = _check_budget(parse_fields(values), limits)
+        _check_count(len(uploads), limits)
+        files = [Upload(await u.read(), u.content_type or "", u.filename or "") for u in uploads]
+    finally:
+        await form.close()
+    return ParsedBody(files, fields, len(body))
+
+
+def _b64_image(item: str, index: int) -> tuple[bytes, str]:
+    """Decode one base64 string or data URL -> (bytes, declared content type)."""
+    declared = ""
+    if item.startswith("data:"):
+        head, _, item = item.partition(",")
+        declared = head[5:].split(";")[0]
+    try:
+        return base64.b64decode(item, validate=True), declared
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"image #{index} is not valid base64") from None
+
+
+def _parse_json(body: bytes, limits: Limits) -> ParsedBody:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(400, f"request body is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "JSON body must be an object with 'images' and optional fields")
+    if isinstance(data.get("images"), list):
+        _check_count(len(data["images"]), limits)  # before pydantic, so 5 images is 413 not 422
+    req = validate_model(ReportJSON, data)
+    fields = _check_budget(ReportFields(language=req.language, mode=req.mode, max_new_tokens=req.max_new_tokens), limits)
+    uploads = [Upload(*_b64_image(item, i), filename="") for i, item in enumerate(req.images)]
+    return ParsedBody(uploads, fields, len(body))
+
+
+async def parse_body(headers: Headers, body: bytes, limits: Limits) -> ParsedBody:
+    """Dispatch on Content-Type: multipart/form-data or application/json; anything else is 415."""
+    ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _parse_multipart(headers, body, limits)
+    if ctype == "application/json":
+        return _parse_json(body, limits)
+    raise ApiError(415, f"request content type {ctype or '(none)'!r} is not supported; send multipart/form-data or application/json")
+
+
+def decode_images(parsed: ParsedBody, max_pixels: int) -> ReportRequest:
+    """Check and decode every upload (CPU work: the service runs this off the event loop)."""
+    images = [check_image(u.data, u.declared_type, i, u.filename, max_pixels) for i, u in enumerate(parsed.uploads)]
+    return ReportRequest(images, parsed.fields, parsed.n_bytes)
+
+
+async def parse_report_request(headers: Headers, body: bytes, limits: Limits) -> ReportRequest:
+    """`parse_body` then `decode_images`, in the caller's thread."""
+    return decode_images(await parse_body(headers, body, limits), limits.max_pixels)

@@ -1,0 +1,253 @@
+"""The Ray Serve deployment: a FastAPI ingress over `ReportGenerator`, batched with `@serve.batch`.
+
+The replica holds no decoding logic: it parses and checks requests (`inputs.py`), queues them in
+`@serve.batch` (one `ReportGenerator` call per (mode, language, budget) group, `batching.py`), and
+streams block events (`sse.py`). All model work runs on one worker thread per replica, so the event
+loop keeps answering /healthz while a batch decodes and decodes never contend for the device;
+streaming requests take that thread block by block, interleaving with batches. Logs carry the
+Serve request id, sizes and timings, never report text or image bytes (patient data).
+
+Routes: POST /v1/reports, POST /v1/reports/stream, GET /healthz, /readyz, /v1/models, / (web page),
+and FastAPI's /docs (OpenAPI). Errors are JSON ``{"error", "status", "request_id"}``.
+
+Usage (see app.py for the import-path entry):
+    serve.run(ReportService.bind(ServeConfig(model="runs/dcd/final"), DecodeConfig(), PromptConfig()))
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve `Request` on the methods Serve rewraps.
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import PurePosixPath
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image
+from ray import serve
+
+from echo_ray.config import DecodeConfig, PromptConfig, ServeConfig
+from echo_ray.decode.generator import ReportGenerator
+from echo_ray.errors import InputError
+from echo_ray.model.checkpoint import load_checkpoint
+from echo_ray.serve.batching import BatchStats, DecodeJob, Outcome, decode_jobs, group_jobs, start_generation
+from echo_ray.serve.inputs import Limits, ReportRequest, decode_images, parse_body, read_body
+from echo_ray.serve.schemas import ERROR_RESPONSES, REPORT_REQUEST_DOC, ApiError, ReportResponse, report_response
+from echo_ray.serve.sse import block_payload, sse_event
+
+logger = logging.getLogger("ray.serve")  # Serve's replica logger stamps request ids and writes replica logs
+
+api = FastAPI(
+    title="ECHO chest X-ray report service",
+    description="Block-diffusion report generation (one forward per block). Upload 1-4 images, get a report.",
+    version="0.1.0",
+)
+
+
+def request_id(request: Request) -> str:
+    """Serve's id for this request (the proxy also returns it as X-Request-ID)."""
+    try:
+        rid = serve.context._get_serve_request_context().request_id  # no public accessor in Ray 2.60
+    except Exception:
+        rid = ""
+    return rid or request.headers.get("x-request-id", "")[:64]
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    rid = request_id(request)
+    logger.info("request_id=%s path=%s status=%d refused: %s", rid, request.url.path, exc.status, exc.log_message)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"error": exc.message, "status": exc.status, "request_id": rid}, exc.status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return await _api_error(request, ApiError(422, str(exc.errors()[:1])))
+
+
+@api.exception_handler(Exception)
+async def _bug(request: Request, exc: Exception) -> JSONResponse:
+    rid = request_id(request)
+    logger.exception("request_id=%s path=%s internal error %s", rid, request.url.path, exc.__class__.__name__)
+    return JSONResponse({"error": f"internal error ({exc.__class__.__name__})", "status": 500, "request_id": rid}, 500)
+
+
+def _pick_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def _model_name(path: str) -> str:
+    return PurePosixPath(path.rstrip("/")).name or path
+
+
+def _static(name: str) -> str:
+    return resources.files("echo_ray.serve").joinpath("static", name).read_text(encoding="utf-8")
+
+
+STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+@serve.deployment(
+    name="ReportService",
+    # Local default (echo-ray serve, tests): a fraction of a CPU. serve_config.yaml sets num_gpus: 1 on a cluster.
+    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
+    max_ongoing_requests=32,  # must be >= max_batch_size (Serve checks); the rest queue in the router
+    health_check_period_s=10,
+)
+@serve.ingress(api)
+class ReportService:
+    def __init__(self, cfg: ServeConfig, decode: DecodeConfig, prompt: PromptConfig):
+        t0 = time.perf_counter()
+        self.cfg, self.ready = cfg, False
+        ckpt = load_checkpoint(cfg.model, dtype=cfg.dtype, device=_pick_device(cfg.device))
+        self.gen = ReportGenerator(ckpt, decode, prompt)
+        self.model_name = _model_name(cfg.model)
+        self.limits = Limits(cfg.max_body_bytes, cfg.max_images, cfg.max_pixels, cfg.max_new_tokens_limit)
+        self.token = os.environ.get(cfg.auth_token_env, "") if cfg.auth_token_env else ""
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-decode")
+        self.stats = BatchStats()
+        self._decode_batch.set_max_batch_size(cfg.max_batch_size)
+        self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.warmup_ms = self._warmup()
+        self.ready = True
+        logger.info("model %s loaded and warmed up in %.0f ms (auth %s)", self.model_name,
+                    (time.perf_counter() - t0) * 1000, "on" if self.token else "off")  # fmt: skip
+
+    def _warmup(self) -> float:
+        """One one-block decode of a blank image: proves the model runs before /readyz says so."""
+        t0 = time.perf_counter()
+        blank = Image.new("RGB", (224, 224))
+        self.gen.generate([[blank]], "en", max_new_tokens=int(self.gen.cfg.block_size or 1))
+        return round((time.perf_counter() - t0) * 1000, 1)
+
+    def check_health(self) -> None:  # Serve's replica health probe
+        if not self.ready:
+            raise RuntimeError("report service replica is not ready")
+
+    def _authorize(self, request: Request) -> None:
+        if not self.token:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
+            raise ApiError(401, "missing or invalid bearer token (send 'Authorization: Bearer <token>')")
+
+    async def _parse(self, request: Request) -> ReportRequest:
+        self._authorize(request)
+        body = await read_body(request.stream(), request.headers.get("content-length"), self.limits.max_body_bytes)
+        parsed = await parse_body(request.headers, body, self.limits)
+        # Image decoding is CPU work: keep it off the event loop (and off the model's worker thread).
+        return await asyncio.to_thread(decode_images, parsed, self.limits.max_pixels)
+
+    def _job(self, req: ReportRequest) -> DecodeJob:
+        f = req.fields
+        budget = f.max_new_tokens or int(self.gen.cfg.max_new_tokens)
+        return DecodeJob(req.images, f.language, f.mode, budget, time.monotonic() + self.cfg.decode_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # reset from ServeConfig in __init__
+    async def _decode_batch(self, jobs: list[DecodeJob]) -> list[Outcome]:
+        self.stats.record(len(jobs), [len(ix) for ix in group_jobs(jobs).values()])
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, decode_jobs, self.gen, jobs, self.cfg.decode_timeout_s)
+
+    @api.post("/v1/reports", response_model=ReportResponse, responses=ERROR_RESPONSES, openapi_extra=REPORT_REQUEST_DOC)
+    async def create_report(self, request: Request) -> dict:
+        """Generate one report for 1-4 images (multipart upload or JSON with base64 images)."""
+        t0 = time.perf_counter()
+        req = await self._parse(request)
+        job = self._job(req)
+        outcome: Outcome = await self._decode_batch(job)
+        if outcome.error is not None:
+            raise outcome.error
+        latency = time.perf_counter() - t0
+        r = outcome.report
+        logger.info("request_id=%s POST /v1/reports 200 images=%d bytes=%d mode=%s lang=%s batch=%d tokens=%d "
+                    "forwards=%d latency_ms=%.1f", request_id(request), len(req.images), req.n_bytes, job.mode,
+                    job.language, outcome.batch_size, len(r.tokens), r.forward_passes, latency * 1000)  # fmt: skip
+        return report_response(r, job.language, self.model_name, latency, outcome.batch_size)
+
+    @api.post("/v1/reports/stream", responses=ERROR_RESPONSES, openapi_extra=REPORT_REQUEST_DOC)
+    async def stream_report(self, request: Request) -> StreamingResponse:
+        """The same request, answered as server-sent events: `block` per finished block, then `final`."""
+        t0 = time.perf_counter()
+        req = await self._parse(request)
+        job = self._job(req)
+        loop = asyncio.get_running_loop()
+        try:  # validate (context length) before the 200 status line goes out
+            run = await loop.run_in_executor(self.pool, start_generation, self.gen, [job])
+        except InputError as e:
+            raise ApiError(422, str(e)) from None
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(self._events(request, run, job, req, t0), media_type="text/event-stream", headers=headers)
+
+    async def _events(self, request: Request, run, job: DecodeJob, req: ReportRequest, t0: float) -> AsyncIterator[bytes]:
+        loop, it, text, blocks = asyncio.get_running_loop(), iter(run), "", 0
+        rid = request_id(request)
+        while True:
+            ev = await loop.run_in_executor(self.pool, next, it, None)  # one block per turn on the worker
+            if ev is None:
+                break
+            blocks += 1
+            payload = block_payload(ev, run, text, t0)
+            text = payload["text"]
+            yield sse_event("block", payload)
+            if time.monotonic() > job.deadline and not ev.finished[0]:
+                msg = f"decode did not finish within the limit of {self.cfg.decode_timeout_s:g} s; lower max_new_tokens"
+                logger.info("request_id=%s stream stopped after %d blocks: time limit", rid, blocks)
+                yield sse_event("error", {"error": msg, "status": 503, "request_id": rid})
+                return
+        latency = time.perf_counter() - t0
+        r = run.reports[0]
+        logger.info("request_id=%s POST /v1/reports/stream 200 images=%d bytes=%d mode=%s lang=%s blocks=%d "
+                    "tokens=%d latency_ms=%.1f", rid, len(req.images), req.n_bytes, job.mode, job.language, blocks,
+                    len(r.tokens), latency * 1000)  # fmt: skip
+        final = report_response(r, job.language, self.model_name, latency, 1)
+        yield sse_event("final", {**final, "blocks": blocks})
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> Response:
+        ok = self.ready
+        body = {"ready": ok, "model": self.model_name, "warmup_ms": self.warmup_ms}
+        return JSONResponse(body, 200 if ok else 503)
+
+    @api.get("/v1/models", responses={401: ERROR_RESPONSES[401]})
+    async def models(self, request: Request) -> dict:
+        """The served model, its decode settings and limits, and this replica's observed batch sizes."""
+        self._authorize(request)
+        g, c = self.gen, self.cfg
+        ctx = serve.get_replica_context()
+        replica = getattr(getattr(ctx, "replica_id", None), "unique_id", "") or ""
+        model = {
+            "id": self.model_name, "object": "model", "block_size": g.cfg.block_size, "modes": ["onestep", "multistep", "ar"],
+            "default_mode": g.cfg.mode, "cache": g.cfg.cache, "languages": ["en", "zh"],
+            "default_max_new_tokens": g.cfg.max_new_tokens, "max_new_tokens_limit": c.max_new_tokens_limit,
+            "limits": {"max_body_bytes": c.max_body_bytes, "max_images": c.max_images, "max_pixels": c.max_pixels,
+                       "decode_timeout_s": c.decode_timeout_s},
+            "batching": {"max_batch_size": c.max_batch_size, "batch_wait_timeout_s": c.batch_wait_timeout_s},
+        }  # fmt: skip
+        return {"object": "list", "data": [model], "replica": replica, "batching": self.stats.as_dict()}
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return HTMLResponse(_static("index.html").replace("{{ROOT}}", root))
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        if name not in STATIC_TYPES:
+            raise ApiError(404, f"no static file {name!r}")
+        return Response(_static(name), media_type=STATIC_TYPES[name])

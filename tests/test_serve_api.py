@@ -1,0 +1,219 @@
+"""The report service over HTTP on local Ray: reports, streaming, batching, bad input, auth."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+
+import pytest
+import requests
+from conftest import shared_path
+from PIL import Image
+from serve_support import API_APP, API_ARGS, MAX_NEW_TOKENS, local_generator, phantom_pngs, start_app
+
+from echo_ray.serve.sse import parse_sse
+
+pytestmark = pytest.mark.timeout(300)
+
+LIMITS = API_ARGS
+FIELDS = ("findings", "impression", "text", "language", "model", "mode", "tokens", "forward_passes", "latency_ms")
+
+
+@pytest.fixture(scope="module")
+def url(ray_cluster):
+    return start_app(API_APP, **API_ARGS)
+
+
+def nih_pngs() -> list[bytes]:
+    return [shared_path("cxr_images_nih", n).read_bytes() for n in ("00000001_000.png", "00027426_000.png")]
+
+
+def post(url: str, images: list[bytes], route: str = "/v1/reports", types=None, **fields) -> requests.Response:
+    types = types or ["image/png"] * len(images)
+    files = [("images", (f"img{i}.png", data, t)) for i, (data, t) in enumerate(zip(images, types))]
+    return requests.post(url + route, files=files, data={k: str(v) for k, v in fields.items()}, timeout=60)
+
+
+def expected(images: list[bytes], **overrides):
+    """Single-row in-process decode of the same study: what the service must answer."""
+    study = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    language = overrides.pop("language", "en")
+    return local_generator().generate([study], language, **overrides)[0]
+
+
+def png_bytes(size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size, 40).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def dicom_bytes() -> bytes:
+    """A small synthetic DICOM (a gradient; no patient data)."""
+    import numpy as np
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom import Dataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    arr = (np.add.outer(np.arange(64), np.arange(64)) * 16).astype(np.uint16)
+    ds.Rows, ds.Columns = arr.shape
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = arr.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_nih_and_phantom_reports_match_local_decode(url):
+    for data in [*nih_pngs(), phantom_pngs()[0].read_bytes()]:
+        r = post(url, [data])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert all(k in body for k in FIELDS)
+        ref = expected([data])
+        assert (body["text"], body["findings"], body["impression"]) == (ref.text, ref.findings, ref.impression)
+        assert body["tokens"] == len(ref.tokens) == MAX_NEW_TOKENS  # the random model never emits EOS
+        assert body["model"] == "echo_tiny" and body["mode"] == "onestep" and body["language"] == "en"
+        assert body["latency_ms"] > 0 and body["forward_passes"] >= 2
+
+
+def test_json_base64_two_images_zh_and_modes(url):
+    a, b = (p.read_bytes() for p in phantom_pngs()[:2])
+    payload = {"images": [base64.b64encode(a).decode(), "data:image/png;base64," + base64.b64encode(b).decode()],
+               "language": "zh", "max_new_tokens": 16}  # fmt: skip
+    r = requests.post(url + "/v1/reports", json=payload, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["text"] == expected([a, b], language="zh", max_new_tokens=16).text
+    passes = {}
+    for mode in ("onestep", "multistep", "ar"):
+        body = post(url, [a], mode=mode, max_new_tokens=16).json()
+        assert body["mode"] == mode and body["text"] == expected([a], mode=mode, max_new_tokens=16).text
+        passes[mode] = body["forward_passes"]
+    assert passes["onestep"] < passes["multistep"] and passes["onestep"] < passes["ar"]
+
+
+def test_dicom_and_jpeg_are_accepted(url):
+    assert post(url, [dicom_bytes()], types=["application/dicom"]).status_code == 200
+    assert post(url, [dicom_bytes()], types=["application/octet-stream"]).status_code == 200
+    assert post(url, [png_bytes((300, 300), "JPEG")], types=["image/jpeg"]).status_code == 200
+
+
+def test_stream_one_event_per_block_then_final(url):
+    data = nih_pngs()[0]
+    r = post(url, [data], route="/v1/reports/stream")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(r.text)
+    names = [n for n, _ in events]
+    study = [Image.open(io.BytesIO(data)).convert("RGB")]
+    run = local_generator().stream([study], "en")
+    ref_blocks = list(run)
+    assert names == ["block"] * len(ref_blocks) + ["final"]
+    assert [d["index"] for n, d in events if n == "block"] == [ev.index for ev in ref_blocks]
+    assert [d["new_tokens"] for n, d in events if n == "block"] == [len(ev.tokens[0]) for ev in ref_blocks]
+    final = events[-1][1]
+    assert final["text"] == run.reports[0].text == events[-2][1]["text"]
+    assert final["blocks"] == len(ref_blocks) and all(k in final for k in FIELDS)
+
+
+def test_concurrent_requests_are_batched_and_answered_per_caller(url):
+    images = [p.read_bytes() for p in phantom_pngs()] + nih_pngs()
+    refs = [expected([b]) for b in images]
+    assert len({r.text for r in refs}) > 1, "images must decode differently for the check to mean anything"
+    before = requests.get(url + "/v1/models", timeout=30).json()["batching"]["batch_sizes"]
+    results: list[requests.Response | None] = [None] * len(images)
+    barrier = threading.Barrier(len(images))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = post(url, [images[i]])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(images))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for r, ref in zip(results, refs):
+        assert r is not None and r.status_code == 200, r and r.text
+        assert r.json()["text"] == ref.text and r.json()["tokens"] == len(ref.tokens)
+    after = requests.get(url + "/v1/models", timeout=30).json()["batching"]["batch_sizes"]
+    new = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+    assert max(new) > 1, f"no batch larger than 1 observed: {new}"
+    assert max(r.json()["batch_size"] for r in results) > 1
+
+
+def _bad_cases():
+    png = png_bytes((64, 64))
+    gif = png_bytes((64, 64), "GIF")
+    big = png_bytes((1000, 1000))  # 1e6 pixels > max_pixels 600_000, yet a small file
+    return [
+        ("corrupt png", dict(files=[("images", ("a.png", png[:40] + b"\0" * 60, "image/png"))]), 400),
+        ("garbage bytes", dict(files=[("images", ("a.png", b"not an image at all", "image/png"))]), 400),
+        ("corrupt dicom", dict(files=[("images", ("a.dcm", b"\0" * 128 + b"DICM" + b"\x02" * 50, "application/dicom"))]), 400),
+        ("bad base64", dict(json={"images": ["@@@not-base64@@@"]}), 400),
+        ("malformed json", dict(data=b"{nope", headers={"content-type": "application/json"}), 400),
+        ("body too large", dict(files=[("images", ("a.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 1_100_000, "image/png"))]), 413),
+        ("too many images", dict(files=[("images", (f"{i}.png", png, "image/png")) for i in range(5)]), 413),
+        ("too many pixels", dict(files=[("images", ("big.png", big, "image/png"))]), 413),
+        ("gif image", dict(files=[("images", ("a.gif", gif, "image/gif"))]), 415),
+        ("gif bytes as octet-stream", dict(files=[("images", ("a.bin", gif, "application/octet-stream"))]), 415),
+        ("text part", dict(files=[("images", ("a.txt", b"hello", "text/plain"))]), 415),
+        ("text body", dict(data=b"hello", headers={"content-type": "text/plain"}), 415),
+        ("bad language", dict(files=[("images", ("a.png", png, "image/png"))], data={"language": "fr"}), 422),
+        ("bad mode", dict(files=[("images", ("a.png", png, "image/png"))], data={"mode": "fast"}), 422),
+        ("zero tokens", dict(files=[("images", ("a.png", png, "image/png"))], data={"max_new_tokens": "0"}), 422),
+        ("text tokens", dict(files=[("images", ("a.png", png, "image/png"))], data={"max_new_tokens": "many"}), 422),
+        ("tokens over limit", dict(json={"images": [base64.b64encode(png).decode()], "max_new_tokens": 65}), 422),
+        ("no images", dict(files=[("language", (None, "en"))]), 422),
+        ("unknown json field", dict(json={"images": [base64.b64encode(png).decode()], "temperature": 1}), 422),
+    ]
+
+
+@pytest.mark.parametrize("name,kwargs,status", _bad_cases(), ids=[c[0] for c in _bad_cases()])
+def test_bad_input_gets_its_status_and_service_keeps_serving(url, name, kwargs, status):
+    for route in ("/v1/reports", "/v1/reports/stream"):
+        r = requests.post(url + route, timeout=60, **kwargs)
+        assert r.status_code == status, f"{name} {route}: {r.status_code} {r.text[:300]}"
+        body = r.json()
+        assert body["status"] == status and body["error"] and body["request_id"]
+    good = post(url, [phantom_pngs()[0].read_bytes()], max_new_tokens=8)
+    assert good.status_code == 200, good.text
+
+
+def test_health_ready_models_openapi_and_no_auth(url):
+    """Auth off (no token configured): every route answers without a header. Auth on: test_serve_cli."""
+    assert requests.get(url + "/healthz", timeout=30).json() == {"status": "ok"}
+    ready = requests.get(url + "/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    models = requests.get(url + "/v1/models", timeout=30).json()
+    assert models["data"][0]["id"] == "echo_tiny" and models["data"][0]["block_size"] == 8
+    assert models["data"][0]["limits"]["max_pixels"] == LIMITS["max_pixels"]
+    spec = requests.get(url + "/openapi.json", timeout=30).json()
+    body = spec["paths"]["/v1/reports"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+
+
+def test_logs_carry_request_ids_and_timings_but_no_report_text_or_file_names(url, ray_cluster):
+    import time
+    from pathlib import Path
+
+    from ray._private.worker import _global_node  # test-only: this session's log directory
+
+    good = post(url, [phantom_pngs()[0].read_bytes()])
+    text, rid = good.json()["text"], good.headers["x-request-id"]
+    bad = requests.post(url + "/v1/reports", files=[("images", ("Doe_Jane_MRN4711.png", b"junk", "image/png"))], timeout=60)
+    assert bad.status_code == 400 and "Doe_Jane_MRN4711.png" in bad.json()["error"]  # the caller is told
+    logs = Path(_global_node.get_session_dir_path()) / "logs" / "serve"
+    content = ""
+    for _ in range(40):  # the replica's file handler may lag the response slightly
+        content = "".join(p.read_text(errors="replace") for p in logs.glob(f"replica_{API_APP}_*.log"))
+        if f"request_id={rid}" in content and bad.headers["x-request-id"] in content:
+            break
+        time.sleep(0.25)
+    assert f"request_id={rid}" in content and "latency_ms=" in content
+    assert len(text) >= 8 and text not in content
+    assert "Doe_Jane" not in content
