@@ -127,6 +127,7 @@ class DedupConfig:
     text: Literal["raw", "normalized"] = "raw"  # which report text is embedded (see pipeline/dedup.py)
     kmeans_iters: int = 20
     kmeans_sample: int = 50000  # k-means is fit on at most this many rows, then all rows are assigned
+    num_gpus_per_actor: float = 0.0  # > 0: the encoder runs on CUDA (large encoders such as Qwen3-Embedding-8B)
 
 
 @dataclass
@@ -196,6 +197,10 @@ class DistributedConfig:
     activation_checkpointing: bool = False
     storage_path: str = ""  # Ray Train storage (local dir or s3://); empty = <output_dir>/ray
     max_failures: int = 2
+    worker_resources: dict[str, float] = field(default_factory=dict)  # extra custom resources per worker
+    # Ray Train's controller collects worker reports this often; a step's report waits for the
+    # previous one to be collected, so this also bounds how fast short steps can go.
+    report_poll_s: float = 0.5
 
 
 @dataclass

@@ -1,0 +1,203 @@
+"""Benchmark: how much of the one-step gap DCD closes (issue 6, "Figures").
+
+On held-out eval prompts (the dataset's `eval` split, never seen by RAD or DCD), three decoders:
+  base_onestep       ECHO_Base (the teacher) decoded one step per block, no DCD
+  echo_onestep       ECHO after DCD, one step per block (fused KV cache)
+  teacher_multistep  ECHO_Base, S steps per block (the target DCD distills)
+For each: `agreement` (position-wise token match with the teacher's multi-step output, EOS
+included; echo_ray.train.dcd.agreement), `exact` (identical reports), `rouge_l` to the references
+(echo_ray.eval.linguistic), and `repeat_rate` (adjacent repeated tokens, the one-step failure mode).
+`gap_recovered` = (echo - base) / (teacher - base) on agreement (`gap_recovered_rouge_l` on ROUGE-L);
+`trainer_idle_fraction` is the DCD trainers' time blocked on the teacher queue.
+
+Default: the tiny preset on a phantom corpus. Without --teacher the teacher is built here by running
+the RAD stage (Ray Train) for --rad-steps from the random tiny checkpoint; with --teacher DIR an
+existing ECHO_Base is used (and --data its dataset, with `eval` and `dcd` splits).
+
+Usage:
+    python benchmarks/dcd.py --json
+    python benchmarks/dcd.py --teacher runs/rad/final --data data_out/normalized --rounds 4 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--out", default="", help="work directory (default: a new temporary one)")
+    p.add_argument("--teacher", default="", help="existing ECHO_Base checkpoint (skips the RAD run)")
+    p.add_argument("--data", default="", help="normalized dataset with eval and dcd splits (default: phantom)")
+    p.add_argument("--phantom-n", type=int, default=240)
+    p.add_argument("--rad-steps", type=int, default=600)
+    p.add_argument("--rad-lr", type=float, default=2e-3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--prompts-per-round", type=int, default=24)
+    p.add_argument("--heldout", type=int, default=8, help="DCD held-out prompts for per-round agreement")
+    p.add_argument("--num-teachers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2, help="DCD rows per worker per step")
+    p.add_argument("--lr", type=float, default=3e-4, help="DCD learning rate")
+    p.add_argument("--top-k", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None, help="teacher steps per block (default: block size)")
+    p.add_argument("--schedule", default="linear", choices=["linear", "exp", "flat"])
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--eval-n", type=int, default=16)
+    return p.parse_args(argv)
+
+
+def build_data(args, work: Path) -> str:
+    from echo_ray.data.phantom import write_phantom
+    from echo_ray.data.phantom_dataset import write_phantom_dataset
+
+    if args.data:
+        return args.data
+    corpus = work / "phantom"
+    write_phantom(corpus, args.phantom_n, seed=0)
+    dcd_rows = args.heldout + args.rounds * args.prompts_per_round + 8  # + spares
+    return str(write_phantom_dataset(corpus, work / "data", eval_rows=args.eval_n, dcd_rows=dcd_rows))
+
+
+def build_teacher(args, data: str, work: Path) -> tuple[str, float]:
+    """An ECHO_Base: the given one, or a short RAD run from the random tiny checkpoint."""
+    if args.teacher:
+        return args.teacher, 0.0
+    from echo_ray.config import load_config
+    from echo_ray.train.launcher import launch
+
+    cfg = load_config(None, {
+        "train.rad.data": data, "train.rad.output_dir": str(work / "rad"), "train.rad.max_steps": args.rad_steps,
+        "train.rad.batch_size": 4, "train.rad.checkpoint_every": args.rad_steps, "train.rad.optim.lr": args.rad_lr,
+        "train.distributed.num_workers": 1, "train.distributed.backend": "ddp",
+    })  # fmt: skip
+    t0 = time.perf_counter()
+    return launch(cfg, "rad").final_dir, time.perf_counter() - t0
+
+
+def run_distillation(args, teacher: str, data: str, work: Path):
+    from echo_ray.config import load_config
+    from echo_ray.train.dcd.driver import run_dcd
+
+    cfg = load_config(None, {
+        "train.dcd_teacher.teacher": teacher, "train.dcd_teacher.num_teachers": args.num_teachers,
+        "train.dcd_teacher.rounds": args.rounds, "train.dcd_teacher.prompts_per_round": args.prompts_per_round,
+        "train.dcd_teacher.heldout_prompts": args.heldout, "train.dcd_teacher.top_k": args.top_k,
+        "train.dcd_teacher.teacher_steps": args.steps, "train.dcd_teacher.max_new_tokens": args.max_new_tokens,
+        "train.dcd_teacher.weight_schedule": args.schedule, "train.dcd_teacher.weight_strength": args.strength,
+        "train.dcd.data": data, "train.dcd.split": "dcd", "train.dcd.output_dir": str(work / "dcd"),
+        "train.dcd.batch_size": args.batch_size, "train.dcd.optim.lr": args.lr, "train.dcd.optim.warmup_steps": 2,
+        "train.dcd.max_response_tokens": max(256, args.max_new_tokens + 16),
+        "train.distributed.num_workers": args.workers, "train.distributed.backend": "ddp",
+    })  # fmt: skip
+    t0 = time.perf_counter()
+    return run_dcd(cfg), time.perf_counter() - t0
+
+
+def eval_rows(data: str, n: int) -> list[dict]:
+    import pyarrow.dataset as pads
+
+    rows = pads.dataset(str(Path(data) / "eval"), format="parquet").to_table().to_pylist()[:n]
+    if not rows:
+        raise SystemExit(f"no eval rows in {data}/eval")
+    return rows
+
+
+def decode(path: str, rows: list[dict], mode: str, steps: int | None, max_new: int) -> tuple[list[list[int]], list[str]]:
+    """Tokens (EOS appended when the decoder stopped on it) and texts for every eval row."""
+    from echo_ray.config import DecodeConfig, PromptConfig
+    from echo_ray.decode.generator import ReportGenerator
+    from echo_ray.model.checkpoint import load_checkpoint
+    from echo_ray.train.examples import read_image
+
+    ckpt = load_checkpoint(path)
+    gen = ReportGenerator(ckpt, DecodeConfig(mode=mode, steps=steps, cache="fused", max_new_tokens=max_new), PromptConfig())
+    toks, texts = [], []
+    for i in range(0, len(rows), 8):
+        studies = [[read_image(im["path"]) for im in r["images"]] for r in rows[i : i + 8]]
+        for rep in gen.generate(studies, "en"):
+            toks.append(rep.tokens + ([] if rep.hit_max_length else [ckpt.eos_id]))
+            texts.append(rep.text)
+    return toks, texts
+
+
+def repeat_rate(seqs: list[list[int]]) -> float:
+    pairs = sum(max(0, len(s) - 1) for s in seqs)
+    return sum(sum(1 for a, b in zip(s, s[1:]) if a == b) for s in seqs) / max(1, pairs)
+
+
+def score(seqs, texts, teacher_seqs, refs) -> dict:
+    from echo_ray.eval.linguistic import linguistic_scores
+    from echo_ray.train.dcd.agreement import token_agreement
+
+    return {
+        "agreement": token_agreement(seqs, teacher_seqs),
+        "exact": sum(s == t for s, t in zip(seqs, teacher_seqs)) / len(seqs),
+        "rouge_l": linguistic_scores(texts, refs, "en", meteor=False)["rouge_l"],
+        "repeat_rate": repeat_rate(seqs),
+        "mean_tokens": sum(len(s) for s in seqs) / len(seqs),
+    }
+
+
+def gap(a: float, b: float, c: float) -> float | None:
+    return None if abs(c - a) < 1e-9 else (b - a) / (c - a)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import ray
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="echo_dcd_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    data = build_data(args, work)
+    teacher, rad_s = build_teacher(args, data, work)
+    outcome, dcd_s = run_distillation(args, teacher, data, work)
+    rows = eval_rows(data, args.eval_n)
+    refs = [r["report"] for r in rows]
+    t_seqs, t_texts = decode(teacher, rows, "multistep", args.steps, args.max_new_tokens)
+    b_seqs, b_texts = decode(teacher, rows, "onestep", None, args.max_new_tokens)
+    e_seqs, e_texts = decode(outcome.train.final_dir, rows, "onestep", None, args.max_new_tokens)
+    res = {
+        "base_onestep": score(b_seqs, b_texts, t_seqs, refs),
+        "echo_onestep": score(e_seqs, e_texts, t_seqs, refs),
+        "teacher_multistep": score(t_seqs, t_texts, t_seqs, refs),
+    }
+    s = outcome.summary
+    out = {
+        **res,
+        "gap_recovered": gap(*(res[k]["agreement"] for k in ("base_onestep", "echo_onestep", "teacher_multistep"))),
+        "gap_recovered_rouge_l": gap(*(res[k]["rouge_l"] for k in ("base_onestep", "echo_onestep", "teacher_multistep"))),
+        "trainer_idle_fraction": s["trainer_idle_fraction"],
+        "trainer_idle_fraction_steady": s["rounds"][-1].get("idle_fraction_steady"),
+        "heldout_agreement_by_round": {r["round"]: r.get("agreement") for r in s["rounds"]},
+        "teacher_records_per_s": [t["teacher_records_per_s"] for t in outcome.teacher_rounds],
+        "dcd_steps": s["steps"],
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "out")} | {"eval_rows": len(rows)},
+        "seconds": {"rad": rad_s, "dcd": dcd_s},
+        "examples": {"teacher": t_texts[0][:200], "base_onestep": b_texts[0][:200], "echo_onestep": e_texts[0][:200]},
+        "work_dir": str(work),
+    }
+    if not args.json:
+        for k in ("base_onestep", "echo_onestep", "teacher_multistep"):
+            print(f"{k:18s} agreement {res[k]['agreement']:.3f}  rouge_l {res[k]['rouge_l']:.3f}  repeats {res[k]['repeat_rate']:.3f}")
+        print(f"gap recovered {out['gap_recovered']}; trainer idle {out['trainer_idle_fraction']:.3f}")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The embedded default engine: deterministic standardization with no model.
+
+Per record: clean each raw section into sentences (terminology.py), find each sentence's regions
+(the labeler's observation mentions mapped to regions, plus region keywords), then write findings
+region by region in the fixed order of method.md:
+  * a region the report talks about keeps its sentences; if it holds a positive or uncertain
+    finding, the key observations of that region the report never mentions are stated as
+    negatives ("No pneumothorax.");
+  * a region the report never mentions gets its explicit negative ("No pleural effusion or
+    pneumothorax."), unless a finding of that region is positive elsewhere in the report;
+  * positive findings stated only in the impression are carried into their findings region.
+The impression is the cleaned impression, or, when absent, the positive findings sentences (else
+"No acute cardiopulmonary abnormality."). The result is checked with the same schema validator
+as LLM output. The rules engine has no translator (`translates = False`).
+
+Usage:
+    standardize_text("Heart size normal. Small L effusion.", "Small left effusion.")
+    # {'findings': 'The thorax is symmetric ... Small left effusion. No pneumothorax. ...', 'impression': ...}
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from echo_ray.engines.base import EngineResult, TextEngine, inputs, with_outputs
+from echo_ray.engines.prompts import validate_output
+from echo_ray.engines.regions import (
+    OBSERVATION_REGION,
+    REGION_NEGATIVE,
+    REGIONS,
+    negatives_phrase,
+    regions_in,
+)
+from echo_ray.engines.terminology import sentences
+from echo_ray.eval.labeler import NEGATIVE, extract_mentions
+
+NO_ACUTE = "No acute cardiopulmonary abnormality."
+IMPLIES: dict[str, set[str]] = {
+    "Pneumonia": {"Consolidation", "Lung Opacity"},
+    "Consolidation": {"Lung Opacity"},
+    "Atelectasis": {"Lung Opacity"},
+    "Edema": {"Lung Opacity"},
+    "Lung Lesion": {"Lung Opacity"},
+}
+
+
+def _analyse(sentence: str) -> tuple[list[str], set[str], set[str]]:
+    """(regions in fixed order, observations mentioned, observations positive or uncertain)."""
+    mentions = extract_mentions(sentence)
+    found = regions_in(sentence, mentions)
+    mentioned = {m.observation for m in mentions}
+    abnormal = {m.observation for m in mentions if m.status != NEGATIVE}
+    return [r for r in REGIONS if r in found], mentioned, abnormal
+
+
+def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
+    """Normalized findings text, and its sentences holding positive/uncertain findings."""
+    slots: dict[str, list[str]] = {r: [] for r in REGIONS}
+    covered: set[str] = set()
+    mentioned: set[str] = set()
+    abnormal: set[str] = set()
+    positives: list[str] = []
+
+    other: list[str] = []  # sentences about no standard region (comparison, technique) go last
+
+    def place(sentence: str, regions: list[str]) -> None:
+        (slots[regions[0]] if regions else other).append(sentence)
+        covered.update(regions)
+
+    for s in f_sents:
+        regions, m, a = _analyse(s)
+        mentioned |= m
+        abnormal |= a
+        place(s, regions)
+        if a:
+            positives.append(s)
+    for s in i_sents:
+        regions, m, a = _analyse(s)
+        new = a - abnormal
+        mentioned |= m
+        if new and regions:  # a finding only the impression states: carry it into its region
+            place(s, regions)
+            abnormal |= new
+            positives.append(s)
+    abnormal_regions = {OBSERVATION_REGION[o] for o in abnormal if o in OBSERVATION_REGION}
+    for o in list(abnormal):  # a pneumonia is a consolidation: never deny what a finding implies
+        mentioned |= IMPLIES.get(o, set())
+    out: list[str] = []
+    for region in REGIONS:
+        out.extend(slots[region])
+        region_obs = [o for o, r in OBSERVATION_REGION.items() if r == region]
+        if slots[region] or region in covered:
+            if region in abnormal_regions:
+                neg = negatives_phrase([o for o in region_obs if o not in mentioned])
+                if neg:
+                    out.append(neg)
+        elif region not in abnormal_regions:
+            out.append(REGION_NEGATIVE[region])
+    return " ".join(out + other), positives
+
+
+def standardize_text(raw_findings: str, raw_impression: str) -> dict[str, str]:
+    """{"findings", "impression"} for one report (see module doc). Pure and deterministic."""
+    f_sents, i_sents = sentences(raw_findings), sentences(raw_impression)
+    findings, positives = _findings(f_sents, i_sents)
+    impression = " ".join(i_sents) or " ".join(positives[:3]) or NO_ACUTE
+    return {"findings": findings, "impression": impression}
+
+
+def standardize_one(raw_findings: str, raw_impression: str, require_all_regions: bool = True) -> EngineResult:
+    """Run and self-check one record; an exception or invalid result becomes its error."""
+    try:
+        obj = standardize_text(raw_findings, raw_impression)
+    except Exception as e:  # noqa: BLE001  (one bad record must not stop the batch)
+        return EngineResult(error=f"rules engine failed: {e.__class__.__name__}: {e}", attempts=1)
+    checked, error = validate_output(json.dumps(obj), "standardize", require_all_regions)
+    if checked is None:
+        return EngineResult(error=f"rules engine output rejected: {error}", attempts=1)
+    return EngineResult(checked["findings"], checked["impression"], "", 1)
+
+
+class _RulesWorker:
+    """Ray Data actor: one rules pass per batch."""
+
+    def __init__(self, require_all_regions: bool):
+        self.require_all_regions = require_all_regions
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = [standardize_one(f, i, self.require_all_regions) for f, i, _ in inputs(batch)]
+        return with_outputs(batch, results)
+
+
+class RulesEngine(TextEngine):
+    kind = "rules"
+    translates = False
+
+    def apply(self, ds, task: str):
+        import ray.data
+
+        if task != "standardize":
+            raise ValueError("the rules engine has no translator; the bilingual stage must skip it")
+        return ds.map_batches(
+            _RulesWorker,
+            fn_constructor_kwargs={"require_all_regions": self.cfg.require_all_regions},
+            compute=ray.data.ActorPoolStrategy(size=max(1, self.cfg.num_actors)),
+            batch_size=max(1, self.cfg.batch_size),
+            batch_format="pyarrow",
+            num_cpus=self.cfg.num_cpus_per_actor,
+        )
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "model_path": "", "prompt_version": "rules"}

@@ -1,0 +1,110 @@
+"""DCD preflight on the driver: every check that can fail before a teacher actor or worker starts.
+
+- settings in range (rounds, prompts per round vs workers, top-K vs vocabulary, S <= B, weights);
+- the teacher is an ECHO_Base: its config records a MASK token id and a block size, and that block
+  size is the one the student trains with (`model.block_size`);
+- student and teacher share the vocabulary: embedding rows, tokenizer size, MASK and EOS ids;
+- the teacher's length limit fits the student's `max_response_tokens`.
+Only config.json and the tokenizer are read (for s3:// checkpoints, downloaded without weights).
+
+Usage:
+    teacher = read_meta("runs/rad/final")
+    check_dcd_settings(cfg); check_teacher(teacher, cfg); check_vocab(teacher, read_meta(student_path))
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from echo_ray.config import EchoConfig
+from echo_ray.errors import ConfigError, InputError
+from echo_ray.model.checkpoint import check_checkpoint_dir, read_echo_meta
+from echo_ray.train.outputs import download_dir, exists, is_s3, join
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    path: str
+    vocab_size: int  # embedding rows
+    tokenizer_size: int
+    mask_id: int | None
+    block_size: int | None
+    eos_id: int | None
+
+
+def read_meta(path: str) -> ModelMeta:
+    """Vocabulary and ECHO metadata of a checkpoint, without loading weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not path:
+        raise ConfigError("no checkpoint path given")
+    with tempfile.TemporaryDirectory() as tmp:
+        if is_s3(path):
+            if not exists(join(path, "config.json")):
+                raise InputError(f"checkpoint not found (no config.json under {path})")
+            local = download_dir(path, tmp, skip_suffixes=(".safetensors",))
+        else:
+            local = Path(path).expanduser()
+            check_checkpoint_dir(local)
+        try:
+            config = AutoConfig.from_pretrained(local)
+            tokenizer = AutoTokenizer.from_pretrained(local)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    mask_id, block = read_echo_meta(config)
+    return ModelMeta(path, int(config.get_text_config().vocab_size), len(tokenizer), mask_id, block, tokenizer.eos_token_id)
+
+
+def check_dcd_settings(cfg: EchoConfig) -> None:
+    t, s, W = cfg.train.dcd_teacher, cfg.train.dcd, cfg.train.distributed.num_workers
+    where = "train.dcd_teacher"
+    positive = ("num_teachers", "rounds", "prompts_per_round", "top_k", "queue_size", "teacher_batch_size", "max_new_tokens")
+    for name in positive:
+        if getattr(t, name) <= 0:
+            raise ConfigError(f"{where}.{name} must be positive, got {getattr(t, name)}")
+    if t.prompts_per_round < W:
+        raise ConfigError(f"{where}.prompts_per_round={t.prompts_per_round} gives some of the {W} workers no rows")
+    for name in ("weight_strength", "eos_weight", "heldout_prompts"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(t, name)}")
+    if t.teacher_cpus <= 0 and t.teacher_gpus <= 0:
+        raise ConfigError(f"{where}: each teacher needs some CPU (teacher_cpus) or a GPU (teacher_gpus)")
+    B = cfg.model.block_size
+    if t.teacher_steps is not None and not 1 <= t.teacher_steps <= B:
+        raise ConfigError(f"{where}.teacher_steps={t.teacher_steps} must be in 1..block size {B}")
+    if t.max_new_tokens + B - 1 > s.max_response_tokens:
+        raise ConfigError(
+            f"{where}.max_new_tokens={t.max_new_tokens} (+ up to {B - 1} tokens to finish the last block) exceeds "
+            f"train.dcd.max_response_tokens={s.max_response_tokens}"
+        )
+    if not t.teacher and not t.replay_from:
+        raise ConfigError(f"{where}.teacher is not set: point it at the ECHO_Base checkpoint (the RAD stage's final model)")
+
+
+def check_teacher(teacher: ModelMeta, cfg: EchoConfig) -> None:
+    """The teacher must be a block-diffusion checkpoint trained with the student's block size."""
+    if teacher.mask_id is None:
+        raise InputError(f"teacher checkpoint {teacher.path} has no MASK token id (echo_mask_token_id); "
+                         "DCD needs an ECHO_Base from the RAD stage")  # fmt: skip
+    if teacher.block_size is None:
+        raise InputError(f"teacher checkpoint {teacher.path} records no block size (echo_block_size); "
+                         "DCD needs an ECHO_Base from the RAD stage")  # fmt: skip
+    if teacher.block_size != cfg.model.block_size:
+        raise ConfigError(f"teacher {teacher.path} was trained with block size {teacher.block_size} but "
+                          f"model.block_size={cfg.model.block_size}; the student must use the teacher's")  # fmt: skip
+    top_k = cfg.train.dcd_teacher.top_k
+    if top_k >= teacher.vocab_size - 1:
+        raise ConfigError(f"train.dcd_teacher.top_k={top_k} must be below the vocabulary size minus MASK "
+                          f"({teacher.vocab_size - 1}) so the rest bucket is not empty")  # fmt: skip
+
+
+def check_vocab(teacher: ModelMeta, student: ModelMeta) -> None:
+    """Student and teacher token ids must mean the same thing (targets are ids)."""
+    pairs = {"vocabulary size": (teacher.vocab_size, student.vocab_size),
+             "tokenizer size": (teacher.tokenizer_size, student.tokenizer_size),
+             "MASK token id": (teacher.mask_id, student.mask_id), "EOS token id": (teacher.eos_id, student.eos_id)}  # fmt: skip
+    bad = [f"{k} {a} vs {b}" for k, (a, b) in pairs.items() if a != b]
+    if bad:
+        raise InputError(f"student {student.path} and teacher {teacher.path} do not share a vocabulary: {', '.join(bad)}")

@@ -1,0 +1,174 @@
+"""Run Stage 3 (DCD) as a Ray job: checks, teacher pool, streaming feeder, Ray Train student, export.
+
+`run_dcd(cfg)`:
+1. preflight (`checks` + the shared `plan_stage` for the dcd split, the student init and lengths):
+   EchoError before any actor starts. The student starts from the teacher unless
+   `train.dcd.init_from` names another checkpoint with the same vocabulary;
+2. the dcd split is cut into held-out prompts, fresh prompts for each round and spares (`tasks`);
+3. `num_teachers` actors (`pool`) decode the held-out prompts, then stream the rounds' trajectories
+   through the feeder thread (`feeder`) into one bounded queue per train worker, while
+4. a `TorchTrainer` runs the shared loop (`echo_ray.train.loop`) with `DcdStage` and this run's
+   `DcdRowSource` on `num_workers` workers; `max_steps` is the number of steps the rounds give.
+   With `replay_from` the stored trajectories are fed instead and no teacher starts;
+5. the final model is copied to `<output_dir>/final`; trajectories are under
+   `<output_dir>/trajectories` (replayable), per-round records in `dcd_rounds.jsonl`, teacher
+   metrics in `teacher_metrics.jsonl`, and the run summary in `dcd_summary.json`.
+
+A teacher actor that dies is replaced and its in-flight prompts are redone (`pool`). A train worker
+that dies fails the run (`max_failures` is forced to 0): the rows it had consumed since the last
+checkpoint cannot be re-streamed in order; rerun, or replay the stored trajectories.
+
+Usage:
+    outcome = run_dcd(load_config("configs/tiny.yaml", {"train.dcd_teacher.teacher": "runs/rad/final"}))
+    outcome.train.final_dir, outcome.summary["trainer_idle_fraction"], outcome.summary["rounds"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field, replace
+
+import yaml
+
+from echo_ray.config import CONFIG_FILENAME, EchoConfig, to_dict
+from echo_ray.errors import ConfigError
+from echo_ray.train.checkpointing import MODEL_DIR
+from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta
+from echo_ray.train.dcd.feeder import Feeder
+from echo_ray.train.dcd.pool import TeacherPool
+from echo_ray.train.dcd.replay import replay_heldout, replay_results
+from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories, to_row
+from echo_ray.train.dcd.stream import planned_steps
+from echo_ray.train.dcd.tasks import TaskQueue, load_tasks, plan_tasks
+from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
+from echo_ray.train.dcd.worker import DcdRowSource
+from echo_ray.train.launcher import TrainOutcome, _worker_error, build_trainer
+from echo_ray.train.outputs import copy_tree, is_s3, join, read_text, write_text
+from echo_ray.train.preflight import StagePlan, plan_stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DcdOutcome:
+    train: TrainOutcome
+    summary: dict  # dcd_summary.json: idle fraction, per-round agreement and teacher metrics
+    teacher_rounds: list[dict] = field(default_factory=list)
+    heldout_failures: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[tuple[int, str, str]] = field(default_factory=list)  # (round, uid, reason)
+
+
+def prepare(cfg: EchoConfig) -> tuple[EchoConfig, StagePlan]:
+    """All driver-side checks; returns the config with the student init resolved, and the plan."""
+    t = cfg.train.dcd_teacher
+    check_dcd_settings(cfg)
+    student_path = cfg.train.dcd.init_from or t.teacher
+    if not student_path:
+        raise ConfigError("replaying trajectories needs train.dcd.init_from (or train.dcd_teacher.teacher) for the student")
+    student = read_meta(student_path)
+    if t.teacher:
+        teacher = read_meta(t.teacher)
+        check_teacher(teacher, cfg)
+        check_vocab(teacher, student)
+    else:
+        check_teacher(student, cfg)  # replay: the student must still be a block-diffusion checkpoint
+    cfg = replace(cfg, train=replace(cfg.train, dcd=replace(cfg.train.dcd, init_from=student_path)))
+    plan = plan_stage(cfg, "dcd")
+    W, s = cfg.train.distributed.num_workers, plan.job.cfg
+    packets = t.rounds * planned_steps(t.prompts_per_round, W, s.batch_size)
+    if packets % s.grad_accum:
+        raise ConfigError(f"the rounds give {packets} micro-batches per worker, not a multiple of "
+                          f"train.dcd.grad_accum={s.grad_accum}")  # fmt: skip
+    job = replace(plan.job, cfg=replace(s, max_steps=packets // s.grad_accum), dist=replace(plan.job.dist, max_failures=0))
+    return cfg, replace(plan, job=job)
+
+
+def _queues(cfg: EchoConfig, W: int, batch_size: int) -> list:
+    from ray.util.queue import Queue
+
+    per_worker = max(1, math.ceil(cfg.train.dcd_teacher.queue_size / (W * batch_size)))  # packets of ~batch_size rows
+    return [Queue(maxsize=per_worker, actor_options={"num_cpus": 0}) for _ in range(W)]
+
+
+def _teacher_pool(cfg: EchoConfig, spec: TeacherSpec, worker_cls: type) -> TeacherPool:
+    t = cfg.train.dcd_teacher
+    return TeacherPool(worker_cls, (spec,), t.num_teachers, num_cpus=t.teacher_cpus, num_gpus=t.teacher_gpus)
+
+
+def _heldout(pool: TeacherPool, tasks: list, batch_size: int, writer: TrajectoryWriter | None):
+    batches = [(-1, tasks[i : i + batch_size]) for i in range(0, len(tasks), batch_size)]
+    records, failures = [], []
+    for res in pool.map(batches):
+        records.extend(res.records)
+        failures.extend(res.failures)
+    if writer is not None and records:
+        TrajectoryWriter(join(str(writer.root), "heldout")).write(records, 0)
+    return records, failures
+
+
+def _fit(plan: StagePlan, row_source: DcdRowSource, feeder: Feeder) -> TrainOutcome:
+    from ray.train import TrainingFailedError
+
+    feeder.start()
+    try:
+        result = build_trainer(plan, None, row_source=row_source).fit()
+    except TrainingFailedError as e:
+        user = _worker_error(e)
+        if user is not None:
+            raise type(user)(f"train dcd: {user}") from None
+        if feeder.error is not None:
+            raise feeder.error from e
+        raise
+    finally:
+        feeder.stop()
+    feeder.join(timeout=60)
+    ckpt = result.checkpoint
+    final = copy_tree(ckpt.filesystem, join(ckpt.path, MODEL_DIR), join(plan.output_dir, "final"))
+    print(f"[dcd] final model: {final}", flush=True)
+    return TrainOutcome("dcd", final, str(ckpt.path), dict(result.metrics or {}))
+
+
+def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
+    """Check, collect + train in rounds, export. `worker_cls`: the teacher actor body."""
+    import ray
+
+    cfg, plan = prepare(cfg)
+    t, W, bs = cfg.train.dcd_teacher, cfg.train.distributed.num_workers, plan.job.cfg.batch_size
+    out = plan.output_dir
+    write_text(join(out, CONFIG_FILENAME), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    if t.replay_from and count_trajectories(t.replay_from) < t.rounds * t.prompts_per_round:
+        raise ConfigError(f"{t.replay_from} holds {count_trajectories(t.replay_from)} trajectories; "
+                          f"rounds x prompts_per_round = {t.rounds * t.prompts_per_round}")  # fmt: skip
+    tasks = None if t.replay_from else plan_tasks(load_tasks(plan.data_files), t.heldout_prompts, t.rounds,
+                                                      t.prompts_per_round, plan.job.cfg.seed)  # fmt: skip
+    if not ray.is_initialized():
+        ray.init()
+    writer = TrajectoryWriter(join(out, "trajectories")) if t.write_trajectories and not t.replay_from and not is_s3(out) else None
+    expected = {r: t.prompts_per_round for r in range(t.rounds)}
+    pool, queue, queues, heldout_failures = None, None, [], []
+    try:
+        if t.replay_from:
+            heldout = replay_heldout(t.replay_from)
+            results = replay_results(t.replay_from, t.rounds, t.prompts_per_round, t.teacher_batch_size)
+        else:
+            spec = TeacherSpec(t.teacher, t.teacher_steps, t.top_k, t.max_new_tokens, cfg.model.dtype,
+                               cfg.model.attn_implementation, cfg.model.cache_dir, cfg.prompt,
+                               threads=max(1, math.ceil(t.teacher_cpus)))  # fmt: skip
+            pool = _teacher_pool(cfg, spec, worker_cls)
+            heldout, heldout_failures = _heldout(pool, tasks.heldout, t.teacher_batch_size, writer)
+            queue = TaskQueue(tasks, t.teacher_batch_size)
+            results = pool.map(queue)
+        queues = _queues(cfg, W, bs)
+        feeder = Feeder(results, expected, queues, bs, writer, log_path=None if is_s3(out) else join(out, "teacher_metrics.jsonl"),
+                        on_failures=queue.replace if queue is not None else None)  # fmt: skip
+        source = DcdRowSource(queues, [to_row(r) for r in heldout], t.max_new_tokens, out)
+        outcome = _fit(plan, source, feeder)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        for q in queues:
+            q.shutdown()
+    summary = json.loads(read_text(join(out, "dcd_summary.json")))
+    return DcdOutcome(outcome, summary, feeder.summaries, heldout_failures, queue.replaced if queue else [])

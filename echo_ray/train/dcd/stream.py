@@ -1,0 +1,113 @@
+"""Streaming DCD rows from the teacher pool to the Ray Train workers, with back-pressure.
+
+Data-parallel workers must all run the same number of optimizer steps (their gradients are
+averaged every step), so rows are not pulled from one shared queue. The driver-side `StepPacker`
+groups rows into global steps of `num_workers * batch_size` rows and deals each step round-robin
+into one micro-batch per worker; every worker's bounded queue (`ray.util.queue.Queue(maxsize)`)
+receives one packet per step, so all workers see the same packet sequence. A full queue blocks the
+feeder, which stops pulling results from the teacher pool, which stops submitting work: a fast
+teacher never fills memory, a slow one shows up as trainer idle time.
+
+Round ends: the last rows of a round must still give every worker at least one row, so the packer
+holds a full step back until more rows arrive; at the round end the held step and the remainder go
+out as one or two steps of at least `num_workers` rows. If a whole round has fewer rows than
+workers (possible only when studies fail), they are carried into the next round; after the last
+round they are reported as `unassigned` (counted, logged, never silent).
+
+Packets: {"kind": "step", "round", "step", "rows"} and {"kind": "round_end", "round", "stats"}
+(the feeder's teacher metrics for that round), then {"kind": "stop"}; a feeder that fails sends
+{"kind": "error", "message"} so no worker waits forever.
+
+Usage:
+    packer = StepPacker(num_workers=2, batch_size=4)
+    steps = packer.add(rows); steps += packer.end_round()      # each step: list of per-worker row lists
+    reader = PacketReader(queue); for packet in reader: ...     # reader.wait_s, reader.first_wait_s
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+
+def deal(rows: list, num_workers: int) -> list[list]:
+    """Round-robin rows into one list per worker (sizes differ by at most one)."""
+    return [rows[w::num_workers] for w in range(num_workers)]
+
+
+class StepPacker:
+    """Rows in, per-worker micro-batches out; every emitted step has >= num_workers rows."""
+
+    def __init__(self, num_workers: int, batch_size: int):
+        if num_workers < 1 or batch_size < 1:
+            raise ValueError("num_workers and batch_size must be positive")
+        self.W, self.bs = num_workers, batch_size
+        self.pending: list = []
+
+    @property
+    def step_rows(self) -> int:
+        return self.W * self.bs
+
+    def add(self, rows: list) -> list[list[list]]:
+        """Queue rows; emit full steps while at least one more full step stays behind."""
+        self.pending.extend(rows)
+        out = []
+        while len(self.pending) >= 2 * self.step_rows:
+            out.append(deal(self.pending[: self.step_rows], self.W))
+            self.pending = self.pending[self.step_rows :]
+        return out
+
+    def end_round(self) -> list[list[list]]:
+        """Flush the round: the held rows go out as 1-2 steps of >= W rows; fewer than W carry over."""
+        rows, out = self.pending, []
+        if len(rows) < self.W:
+            return []  # carried into the next round (see `unassigned` for the last one)
+        if len(rows) >= self.step_rows + self.W:
+            out.append(deal(rows[: self.step_rows], self.W))
+            rows = rows[self.step_rows :]
+        out.append(deal(rows, self.W))
+        self.pending = []
+        return out
+
+    @property
+    def unassigned(self) -> int:
+        return len(self.pending)
+
+
+def planned_steps(rows_per_round: int, num_workers: int, batch_size: int) -> int:
+    """Optimizer steps one round of `rows_per_round` rows gives (StepPacker's rule; no failures)."""
+    packer = StepPacker(num_workers, batch_size)
+    return len(packer.add(list(range(rows_per_round)))) + len(packer.end_round())
+
+
+class PacketReader:
+    """Iterates a worker's queue until "stop", timing how long the worker waited for packets."""
+
+    def __init__(self, queue, poll_s: float = 1.0):
+        self.queue, self.poll_s = queue, poll_s
+        self.wait_s = 0.0
+        self.first_wait_s: float | None = None
+        self.packets = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        from ray.util.queue import Empty
+
+        while True:
+            t0 = time.perf_counter()
+            while True:
+                try:
+                    packet = self.queue.get(block=True, timeout=self.poll_s)
+                    break
+                except Empty:
+                    continue
+            waited = time.perf_counter() - t0
+            if self.first_wait_s is None:
+                self.first_wait_s = waited
+            else:
+                self.wait_s += waited
+            self.packets += 1
+            if packet["kind"] == "stop":
+                return
+            if packet["kind"] == "error":
+                raise RuntimeError(f"DCD feeder failed: {packet['message']}")
+            yield packet

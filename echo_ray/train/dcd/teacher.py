@@ -1,0 +1,103 @@
+"""TeacherWorker: the body of one DCD teacher actor (frozen ECHO_Base, multi-step decoding).
+
+Each call decodes a batch of `PromptTask`s with the static confidence sampler (S steps per block,
+method.md "Decoding") and the fused block KV cache, recording the top-K at every commit
+(`BlockDecoder(record_topk=K)`), and returns one `TrajectoryRecord` per prompt. A study whose images
+cannot be read is returned as a failure (uid, one-line reason) instead of a record, so the pool can
+account for it; anything else is a bug and propagates. The class is plain Python; `TeacherPool`
+wraps it with `ray.remote` (1 GPU per actor on a cluster, a CPU fraction locally).
+
+Usage:
+    w = TeacherWorker(TeacherSpec(path="runs/rad/final", steps=4, top_k=64, max_new_tokens=160))
+    result = w.decode(tasks, round_index=0)        # TeacherResult(records, failures, seconds, tokens)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from echo_ray.config import PromptConfig
+from echo_ray.decode.batch import collate_prompts
+from echo_ray.decode.blockwise import BlockDecoder
+from echo_ray.decode.samplers import ConfidenceSampler
+from echo_ray.errors import InputError
+from echo_ray.model.checkpoint import load_checkpoint
+from echo_ray.model.prompt import build_prompt
+from echo_ray.train.dcd.trajectory import PromptTask, TrajectoryRecord, records_from_events
+from echo_ray.train.examples import read_image
+
+
+@dataclass
+class TeacherSpec:
+    """Everything an actor needs to load the teacher and decode (picklable)."""
+
+    path: str
+    steps: int | None = None  # None = block size
+    top_k: int = 64
+    max_new_tokens: int = 160
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    cache_dir: str = "~/.cache/echo_ray/models"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    device: str = "auto"  # auto = cuda when the actor was given a GPU
+    threads: int = 1  # torch CPU threads (the actor's CPU share, rounded up)
+
+
+@dataclass
+class TeacherResult:
+    records: list[TrajectoryRecord]
+    failures: list[tuple[str, str]]  # (uid, reason) of tasks that produced no record
+    seconds: float
+    tokens: int
+    teacher: str
+    round_index: int = 0
+
+
+class TeacherWorker:
+    """Loads the frozen teacher once; `decode` turns task batches into trajectory records."""
+
+    def __init__(self, spec: TeacherSpec, name: str = ""):
+        device = spec.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(max(1, spec.threads))
+        self.spec, self.name = spec, name or f"teacher-{os.getpid()}"
+        self.ckpt = load_checkpoint(spec.path, spec.dtype, spec.attn_implementation, spec.cache_dir, device)
+        for p in self.ckpt.model.parameters():
+            p.requires_grad_(False)
+        self.block_size = int(self.ckpt.block_size)
+        self.steps = int(spec.steps or self.block_size)
+
+    def _prompt(self, task: PromptTask):
+        if not task.images:
+            raise InputError(f"study {task.study_id}: no images")
+        pil = [read_image(im["path"]) for im in task.images]
+        return build_prompt(self.ckpt.tokenizer, self.ckpt.image_processor, pil, task.language, self.spec.prompt)
+
+    def decode(self, tasks: list[PromptTask], round_index: int = 0) -> TeacherResult:
+        t0 = time.perf_counter()
+        ok, prompts, failures = [], [], []
+        for task in tasks:
+            try:
+                prompts.append(self._prompt(task))
+                ok.append(task)
+            except InputError as e:
+                failures.append((task.uid, str(e)))
+        records: list[TrajectoryRecord] = []
+        if ok:
+            c = self.ckpt
+            batch = collate_prompts(c.model, prompts, self.block_size, c.pad_id, c.mask_id)
+            dec = BlockDecoder(c.model, c.mask_id, c.eos_id, self.block_size, ConfidenceSampler(steps=self.steps),
+                               cache="fused", max_new_tokens=self.spec.max_new_tokens, record_topk=self.spec.top_k)  # fmt: skip
+            events = list(dec.stream(batch))
+            records = records_from_events(events, ok, [p.input_ids for p in prompts], self.block_size, self.steps,
+                                          c.eos_id, teacher=self.name, round_index=round_index)  # fmt: skip
+        tokens = sum(r.response_len for r in records)
+        return TeacherResult(records, failures, time.perf_counter() - t0, tokens, self.name, round_index)
+
+    def ping(self) -> str:
+        return self.name

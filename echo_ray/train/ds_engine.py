@@ -1,0 +1,106 @@
+"""DeepSpeed ZeRO engine (the default training backend); imported only when selected.
+
+The ZeRO stage comes from `train.distributed.zero_stage` (3 for 7B on GPUs: parameters, gradients
+and optimizer state partitioned). The optimizer is DeepSpeed's AdamW with ``torch_adam: true``
+(torch's kernel; DeepSpeed's fused/CPU Adam would be JIT-compiled on first use). bf16 is enabled
+only on GPUs; on CPU the run is fp32 on the gloo group Ray Train set up. Checkpoints are
+DeepSpeed's own files under ``<dir>/state`` (each rank writes its shard), and the HF export of a
+ZeRO-3 model gathers the 16-bit weights onto rank 0.
+
+Usage:
+    engine = DeepSpeedEngine(StageModule(model, stage), dist_cfg, optim_cfg, max_steps, micro_batch, accum, device)
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from echo_ray.config import DistributedConfig, OptimConfig
+from echo_ray.errors import InputError
+from echo_ray.train.engines import StepStats, TrainEngine, _mean_metrics, _rank
+from echo_ray.train.stage import Batch
+
+TAG = "state"
+
+
+def deepspeed_config(dist_cfg: DistributedConfig, optim: OptimConfig, micro_batch: int, grad_accum: int,
+                     world_size: int, on_gpu: bool) -> dict[str, Any]:  # fmt: skip
+    """The DeepSpeed JSON config for one run (pure; see the module docstring for the choices)."""
+    zero: dict[str, Any] = {"stage": dist_cfg.zero_stage}
+    if dist_cfg.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world_size,
+        "gradient_clipping": optim.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": optim.lr, "betas": list(optim.betas), "weight_decay": optim.weight_decay, "torch_adam": True},
+        },
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": bool(dist_cfg.bf16 and on_gpu)},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _skip_shm_comm_build() -> None:
+    """CPU runs: DeepSpeed JIT-compiles a shared-memory all-reduce kernel (~100 s, needs a C++
+    compiler) that only its inference all-reduce uses; training all-reduces go through gloo."""
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+class DeepSpeedEngine(TrainEngine):
+    name = "deepspeed"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import deepspeed
+
+        on_gpu = self.device.type == "cuda"
+        if not on_gpu:
+            _skip_shm_comm_build()
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        self.module.to(self.device)
+        cfg = deepspeed_config(self.dist_cfg, self.optim_cfg, self.micro_batch, self.grad_accum, world, on_gpu)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.module, model_parameters=self.trainable(), config=cfg, lr_scheduler=self.schedule
+        )
+
+    def train_step(self, batches: list[Batch]) -> StepStats:
+        losses, metrics = [], []
+        lr = float(self.engine.get_lr()[0])
+        for batch in batches:
+            loss, m = self.engine(batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(float(loss.detach()))
+            metrics.append(m)
+        gn = self.engine.get_global_grad_norm()
+        return StepStats(sum(losses) / len(losses), float(gn if gn is not None else 0.0), lr, _mean_metrics(metrics))
+
+    def save_state(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(out_dir), tag=TAG, save_latest=False)
+
+    def load_state(self, ckpt_dir: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)  # fmt: skip
+        if path is None:
+            raise InputError(f"no DeepSpeed state under {ckpt_dir}/{TAG}")
+
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        if self.dist_cfg.zero_stage == 3:
+            full = self.engine._zero3_consolidated_16bit_state_dict()  # collective: every rank calls it
+            if _rank() != 0:
+                return None
+            return {k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")}
+        return self.module.model.state_dict() if _rank() == 0 else None

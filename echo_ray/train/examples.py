@@ -1,0 +1,93 @@
+"""One dataset row -> one tokenized training example (prompt with processed images + target ids).
+
+Rows follow the normalized dataset contract (echo_ray.data.schema.OUTPUT_SCHEMA): images are
+``[{"path", "view"}]`` with local or s3:// paths, `language` is "en" or "zh", `report` is the
+serialized normalized target. With ``raw=True`` the target is rebuilt from `raw_findings` /
+`raw_impression` instead (the normalization ablation). Rows whose prompt or response exceed the
+configured limits raise an InputError naming the study: training never truncates a target.
+
+Usage:
+    ex = encode_row(row, tokenizer, image_processor, PromptConfig(), raw=False)
+    check_lengths(ex, Limits(max_prompt_tokens=2048, max_response_tokens=256))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from echo_ray.config import PromptConfig
+from echo_ray.data.images import image_from_bytes, load_image
+from echo_ray.errors import InputError
+from echo_ray.model.prompt import StudyPrompt, build_prompt, response_ids
+from echo_ray.report import format_report
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_tokens: int
+    max_response_tokens: int
+    raw: bool = False
+
+
+@dataclass
+class Example:
+    study_id: str
+    prompt: StudyPrompt
+    response: torch.Tensor  # (R,) long, ends with EOS
+
+
+def target_text(row: dict, raw: bool) -> str:
+    """The report text to train on: normalized `report`, or the raw sections re-serialized."""
+    sid = row.get("study_id", "?")
+    if raw:
+        findings, impression = row.get("raw_findings") or "", row.get("raw_impression") or ""
+        text = format_report(findings, impression, row.get("language") or "en") if (findings or impression) else ""
+    else:
+        text = row.get("report") or ""
+    if not text.strip():
+        kind = "raw_findings/raw_impression" if raw else "report"
+        raise InputError(f"study {sid}: empty {kind}; nothing to train on")
+    return text
+
+
+def read_image(path: str) -> Image.Image:
+    """A local or s3:// image as RGB (s3 through pyarrow's filesystem, credentials from the env)."""
+    if str(path).startswith("s3://"):
+        from pyarrow import fs as pafs
+
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        try:
+            with filesystem.open_input_file(inner) as f:
+                data = f.read()
+        except OSError as e:
+            raise InputError(f"cannot read image {path}: {e}") from None
+        return image_from_bytes(data, name=path)
+    return load_image(path)
+
+
+def encode_row(row: dict, tokenizer, image_processor, prompt_cfg: PromptConfig, raw: bool = False) -> Example:
+    """Read the row's images, build the chat prompt, tokenize the target."""
+    sid = str(row.get("study_id", "?"))
+    images = row.get("images") or []
+    if not images:
+        raise InputError(f"study {sid}: no images")
+    pil = [read_image(im["path"]) for im in images]
+    prompt = build_prompt(tokenizer, image_processor, pil, row.get("language") or "en", prompt_cfg)
+    return Example(sid, prompt, response_ids(tokenizer, target_text(row, raw)))
+
+
+def check_lengths(ex: Example, limits: Limits, where: str = "train") -> None:
+    """InputError naming the study when its prompt or response is over the limit."""
+    P, R = ex.prompt.length, int(ex.response.numel())
+    if P > limits.max_prompt_tokens:
+        raise InputError(
+            f"study {ex.study_id}: prompt has {P} tokens, over {where}.max_prompt_tokens={limits.max_prompt_tokens}"
+        )
+    if R > limits.max_response_tokens:
+        raise InputError(
+            f"study {ex.study_id}: response has {R} tokens (with EOS), over "
+            f"{where}.max_response_tokens={limits.max_response_tokens}"
+        )

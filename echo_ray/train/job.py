@@ -1,0 +1,75 @@
+"""What the driver hands every training worker: a `StageJob` (the narrow, resolved settings of one
+stage run) and the registry of stages the shared loop can run.
+
+`STAGES` maps a stage name to "module:factory"; a factory takes the job and returns a `Stage`
+(echo_ray.train.stage). Adding a stage (DCD) is one entry here plus its module.
+
+Usage:
+    job = StageJob(stage="rad", cfg=cfg.train.rad, dist=cfg.train.distributed, prompt=cfg.prompt,
+                   model_path="runs/cpt/final", block_size=8, options=cfg.train.rad_noise)
+    stage = build_stage(job)
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from echo_ray.config import DistributedConfig, PromptConfig, StageConfig
+from echo_ray.train.examples import Limits
+from echo_ray.train.stage import Stage
+
+# stage name -> "module:factory(job) -> Stage"
+STAGES: dict[str, str] = {
+    "cpt": "echo_ray.train.job:cpt_stage",
+    "rad": "echo_ray.train.job:rad_stage",
+    "dcd": "echo_ray.train.dcd.batch:dcd_stage",
+}
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Fault injection for the resume test: `rank` exits at `step` once (marker file on its node)."""
+
+    rank: int
+    step: int
+    marker: str
+
+
+@dataclass
+class StageJob:
+    stage: str
+    cfg: StageConfig
+    dist: DistributedConfig
+    prompt: PromptConfig
+    model_path: str  # resolved init checkpoint (local dir on shared storage, or s3://)
+    block_size: int
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    cache_dir: str = "~/.cache/echo_ray/models"
+    options: Any = None  # stage-specific config (RadConfig for rad, DcdConfig for dcd)
+    fault: FaultSpec | None = None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.cfg.max_prompt_tokens, self.cfg.max_response_tokens, self.cfg.raw)
+
+
+def cpt_stage(job: StageJob) -> Stage:
+    from echo_ray.train.cpt import CptStage
+
+    return CptStage(job.limits)
+
+
+def rad_stage(job: StageJob) -> Stage:
+    from echo_ray.train.rad import RadStage
+
+    return RadStage(job.limits, job.options)
+
+
+def build_stage(job: StageJob) -> Stage:
+    if job.stage not in STAGES:
+        raise ValueError(f"unknown training stage {job.stage!r}; expected one of {sorted(STAGES)}")
+    mod, fn = STAGES[job.stage].split(":")
+    return getattr(importlib.import_module(mod), fn)(job)

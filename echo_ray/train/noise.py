@@ -1,0 +1,47 @@
+"""Per-block masking noise for RAD (method.md, "Noise").
+
+Each noisy block draws its own rate t ~ U(t_min, t_max) (a clipped range, as BD3-LMs found it lowers
+the variance of the loss), masks each of its response tokens independently with probability t, and
+masks one uniformly chosen response token when the draw masked none, so every block trains.
+Prompt-tail slots of the first noisy block are never candidates. All randomness comes from the
+caller's `torch.Generator`, so a resumed run re-draws the same noise for the same step.
+
+Usage:
+    masked, t = sample_block_noise(block, candidate, 0.3, 0.8, generator)   # (N, L) each
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_block_noise(
+    block: torch.Tensor,
+    candidate: torch.Tensor,
+    t_min: float,
+    t_max: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask response tokens block by block.
+
+    block: (N, L) long block index of every slot; candidate: (N, L) bool, slots that may be masked
+    (the response tokens of the noisy copy). Returns masked (N, L) bool and t (N, L) float32: the
+    rate of the slot's block on candidate slots, 0 elsewhere.
+    """
+    if not 0.0 < t_min <= t_max <= 1.0:
+        raise ValueError(f"noise range must satisfy 0 < t_min <= t_max <= 1, got [{t_min}, {t_max}]")
+    if block.shape != candidate.shape or block.ndim != 2:
+        raise ValueError(f"block and candidate must both be (N, L); got {tuple(block.shape)} and {tuple(candidate.shape)}")
+    masked = torch.zeros_like(candidate, dtype=torch.bool)
+    rate = torch.zeros(candidate.shape, dtype=torch.float32)
+    for i in range(block.shape[0]):
+        cand = candidate[i].bool()
+        for b in torch.unique(block[i][cand]).tolist():
+            slots = torch.nonzero(cand & (block[i] == b)).flatten()
+            t = t_min + (t_max - t_min) * float(torch.rand((), generator=generator))
+            hit = torch.rand(len(slots), generator=generator) < t
+            if not bool(hit.any()):
+                hit[int(torch.randint(len(slots), (), generator=generator))] = True
+            masked[i, slots[hit]] = True
+            rate[i, slots] = t
+    return masked, rate

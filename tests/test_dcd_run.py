@@ -1,0 +1,73 @@
+"""A short DCD run on local Ray: 1 teacher actor streams to 2 Ray Train workers through bounded queues.
+
+The teacher is the session's random tiny checkpoint with its final norm scaled up (logits x30): a
+random model's near-uniform distributions make argmax agreement pure noise, while a confident one
+gives the student a real one-step-vs-multi-step gap to close, as a trained ECHO_Base does (training
+one here would take minutes; benchmarks/dcd.py does that)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from echo_ray.config import load_config
+from echo_ray.data.phantom_dataset import write_phantom_dataset
+from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint
+from echo_ray.train.dcd.driver import run_dcd
+from echo_ray.train.dcd.store import read_trajectories
+
+ROUNDS, PER_ROUND, HELDOUT = 2, 4, 3
+
+
+@pytest.fixture(scope="module")
+def confident_teacher(tiny_ckpt_dir, tmp_path_factory) -> Path:
+    c = load_checkpoint(str(tiny_ckpt_dir))
+    with torch.no_grad():
+        c.model.model.language_model.norm.weight.mul_(30.0)
+    return save_checkpoint(c.model, c.tokenizer, c.image_processor, tmp_path_factory.mktemp("teacher"))
+
+
+def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teacher, phantom_dir, tmp_path) -> None:
+    data = write_phantom_dataset(phantom_dir, tmp_path / "data", dcd_rows=HELDOUT + ROUNDS * PER_ROUND)
+    out = tmp_path / "dcd"
+    cfg = load_config(None, {
+        "train.dcd_teacher.teacher": str(confident_teacher), "train.dcd_teacher.num_teachers": 1,
+        "train.dcd_teacher.rounds": ROUNDS, "train.dcd_teacher.prompts_per_round": PER_ROUND,
+        "train.dcd_teacher.heldout_prompts": HELDOUT, "train.dcd_teacher.top_k": 16, "train.dcd_teacher.teacher_steps": 4,
+        "train.dcd_teacher.max_new_tokens": 24, "train.dcd_teacher.teacher_batch_size": 2,
+        "train.dcd_teacher.queue_size": 2,  # one step packet per worker queue: the teacher must wait for the trainer
+        "train.dcd.data": str(data), "train.dcd.split": "dcd", "train.dcd.output_dir": str(out),
+        "train.dcd.batch_size": 1, "train.dcd.optim.lr": 1e-4, "train.dcd.optim.warmup_steps": 0,
+        "train.distributed.num_workers": 2, "train.distributed.backend": "ddp",
+    })  # fmt: skip
+    outcome = run_dcd(cfg)
+    summary = outcome.summary
+
+    # finished: 2 steps per round (4 rows over 2 workers, batch 1), final model exported and loadable
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4] and summary["steps"] == 4 and summary["untrained_rows"] == 0
+    assert load_checkpoint(outcome.train.final_dir).block_size == 8
+
+    # every round's prompts are fresh, stored once, never held-out
+    trained = list(read_trajectories(out / "trajectories"))
+    held = list(read_trajectories(out / "trajectories" / "heldout"))
+    assert len(trained) == ROUNDS * PER_ROUND and len({r.uid for r in trained}) == len(trained)
+    assert len(held) == HELDOUT and not {r.uid for r in held} & {r.uid for r in trained}
+    assert [r.round for r in trained] == [0] * PER_ROUND + [1] * PER_ROUND
+
+    # streaming: the trainer's first step came before the teacher's last trajectory, and the bounded
+    # queues held the teacher back at least once
+    assert summary["first_step_at"] < max(r.produced_at for r in trained)
+    teacher = [json.loads(line) for line in (out / "teacher_metrics.jsonl").read_text().splitlines()]
+    assert [t["records"] for t in teacher] == [PER_ROUND] * ROUNDS
+    assert max(t["queue_depth_max"] for t in teacher) <= 1.0 and sum(t["feeder_blocked_s"] for t in teacher) > 0
+    assert 0.0 <= summary["trainer_idle_fraction"] < 1.0
+
+    # one-step agreement with the teacher on held-out prompts: measured before and after each round, raised
+    rounds = {r["round"]: r for r in summary["rounds"]}
+    assert sorted(rounds) == [-1, 0, 1]
+    assert rounds[1]["agreement"] > rounds[-1]["agreement"]
+    assert rounds[0]["teacher_records"] == PER_ROUND
