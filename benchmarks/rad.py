@@ -114,8 +114,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (1 keeps timings stable on a shared machine; 0 = torch default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     shape = SHAPES[args.shape]
     if args.shape == "7b" and device.type != "cuda" and args.device == "auto":

@@ -141,3 +141,23 @@ def test_chinese_rows_and_limits(parts, rows):
         _stage(max_response=4).build_batch(rows[:1], parts, torch.Generator())
     with pytest.raises(InputError, match="empty report"):
         _stage().build_batch([dict(rows[0], report="")], parts, torch.Generator())
+
+
+def test_activation_checkpointing_keeps_loss_and_gradients(tiny_ckpt_dir, rows):
+    """The 7B preset trains with activation checkpointing; it must not change what is learned."""
+    ckpt = load_checkpoint(str(tiny_ckpt_dir))
+    model = ckpt.model.train()
+    parts = ModelParts(model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, 8, PromptConfig())
+    stage = _stage()
+    batch = stage.build_batch(rows[:2], parts, torch.Generator().manual_seed(4))
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad(set_to_none=True)
+        loss, _ = stage.loss(model, batch)
+        loss.backward()
+        grads.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = grads
+    assert l0 == pytest.approx(l1, rel=1e-6) and g0.keys() == g1.keys()
+    assert all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in g0)

@@ -99,13 +99,15 @@ def trained_lm(tmp_path_factory):
                          pad_token_id=hf_tok.pad_token_id, eos_token_id=hf_tok.eos_token_id)  # fmt: skip
     model = Qwen2ForCausalLM(config)
     target = hf_tok(answer).input_ids + [hf_tok.eos_token_id]
-    rows = []
-    for t in texts:
-        prompt = hf_tok(t).input_ids
-        rows.append((torch.tensor([prompt + target]), torch.tensor([[-100] * len(prompt) + target])))
+    seqs = [(hf_tok(t).input_ids, target) for t in texts]
+    width = max(len(p) + len(t) for p, t in seqs)
+    pad = hf_tok.pad_token_id
+    ids = torch.tensor([p + t + [pad] * (width - len(p) - len(t)) for p, t in seqs])
+    labels = torch.tensor([[-100] * len(p) + t + [-100] * (width - len(p) - len(t)) for p, t in seqs])
+    mask = (labels != -100) | (torch.arange(width)[None, :] < torch.tensor([len(p) for p, _ in seqs])[:, None])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = sum(model(input_ids=i, labels=lab).loss for i, lab in rows) / len(rows)
+    for _ in range(200):  # one right-padded batch of the three sequences
+        loss = model(input_ids=ids, attention_mask=mask.long(), labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

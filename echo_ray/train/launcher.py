@@ -122,10 +122,24 @@ def _worker_error(err: Exception) -> EchoError | None:
     return None
 
 
+def run_trainer(plan: StagePlan, dataset=None, row_source=None):
+    """`build_trainer(...).fit()` with the controller poll period set; a failed run whose cause is
+    bad input (an EchoError in a worker) re-raises that error. Returns Ray Train's Result."""
+    from ray.train import TrainingFailedError
+
+    try:
+        with _controller_env(POLL_ENV, str(plan.job.dist.report_poll_s)):
+            return build_trainer(plan, dataset, row_source).fit()
+    except TrainingFailedError as e:
+        user = _worker_error(e)
+        if user is not None:
+            raise type(user)(f"train {plan.job.stage}: {user}") from None
+        raise
+
+
 def launch(cfg: EchoConfig, stage: str) -> TrainOutcome:
     """Check, train, export. Raises EchoError on bad input (before workers start when possible)."""
     import ray
-    from ray.train import TrainingFailedError
 
     plan = plan_stage(cfg, stage, fault_from_env(stage_config(cfg, stage).output_dir))
     write_text(join(plan.output_dir, CONFIG_FILENAME), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
@@ -133,14 +147,7 @@ def launch(cfg: EchoConfig, stage: str) -> TrainOutcome:
         ray.init()
     dataset = ray.data.read_parquet(plan.data_files, columns=plan.columns)
     log.info("%s: %d rows from %d shard(s), %d workers", stage, plan.n_rows, len(plan.data_files), plan.job.dist.num_workers)
-    try:
-        with _controller_env(POLL_ENV, str(plan.job.dist.report_poll_s)):
-            result = build_trainer(plan, dataset).fit()
-    except TrainingFailedError as e:
-        user = _worker_error(e)
-        if user is not None:
-            raise type(user)(f"train {stage}: {user}") from None
-        raise
+    result = run_trainer(plan, dataset)
     ckpt = result.checkpoint
     final = copy_tree(ckpt.filesystem, join(ckpt.path, MODEL_DIR), join(plan.output_dir, "final"))
     print(f"[{stage}] final model: {final}", flush=True)

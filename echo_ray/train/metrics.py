@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from echo_ray.train.outputs import is_s3, upload_dir
+from echo_ray.train.outputs import exists, is_s3, join, read_text, upload_dir
 
 SCALARS = ("loss", "tokens_per_s", "lr", "grad_norm")
 
@@ -41,6 +41,8 @@ class MetricsLogger:
         self.remote = output_dir if is_s3(output_dir) else None
         self.local = Path(tempfile.mkdtemp(prefix=f"echo_{stage}_logs_")) if self.remote else Path(output_dir)
         self.local.mkdir(parents=True, exist_ok=True)
+        if self.remote and exists(join(self.remote, "metrics.jsonl")):  # a resumed run appends to it
+            (self.local / "metrics.jsonl").write_text(read_text(join(self.remote, "metrics.jsonl")), encoding="utf-8")
         self.stage, self.max_steps, self.log_every = stage, max_steps, max(1, log_every)
         self.writer = SummaryWriter(str(self.local / "tb"))
         self.jsonl = open(self.local / "metrics.jsonl", "a", encoding="utf-8")
