@@ -30,6 +30,9 @@ def add_train_parser(sub) -> None:
     for name in TRAIN_STAGES:
         add_stage_args(stages.add_parser(name, help=helps[name]))
     p.set_defaults(func=run_train)
+    from echo_ray.train.dcd.cli import add_dcd_parser
+
+    add_dcd_parser(stages)  # stage 3 has its own flags and runner (echo_ray/train/dcd/cli.py)
 
 
 def run_train(args: argparse.Namespace) -> int:

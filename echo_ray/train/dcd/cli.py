@@ -37,7 +37,7 @@ def add_dcd_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_dcd_parser(sub) -> None:
     """Register `dcd` on an `echo-ray train` subparser group."""
-    add_dcd_arguments(sub.add_parser("dcd", help="Stage 3: distill the multi-step teacher into a one-step student"))
+    add_dcd_arguments(sub.add_parser("dcd", help="stage 3: distill the multi-step teacher into a one-step student"))
 
 
 def run_dcd_command(args: argparse.Namespace) -> int:
