@@ -40,16 +40,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="work directory (default: a new temporary one)")
     p.add_argument("--teacher", default="", help="existing ECHO_Base checkpoint (skips the RAD run)")
     p.add_argument("--data", default="", help="normalized dataset with eval and dcd splits (default: phantom)")
-    p.add_argument("--phantom-n", type=int, default=240)
-    p.add_argument("--rad-steps", type=int, default=600)
-    p.add_argument("--rad-lr", type=float, default=2e-3)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--prompts-per-round", type=int, default=24)
+    p.add_argument("--phantom-n", type=int, default=480)
+    p.add_argument("--rad-steps", type=int, default=1800, help="teacher: RAD steps of 8 rows from the random tiny model")
+    p.add_argument("--rad-lr", type=float, default=4e-3)
+    p.add_argument("--rad-via-ray", action="store_true", help="build the teacher with the RAD Ray Train job (slower)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--prompts-per-round", type=int, default=48)
     p.add_argument("--heldout", type=int, default=8, help="DCD held-out prompts for per-round agreement")
     p.add_argument("--num-teachers", type=int, default=1)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=2, help="DCD rows per worker per step")
-    p.add_argument("--lr", type=float, default=3e-4, help="DCD learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="DCD learning rate")
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--steps", type=int, default=None, help="teacher steps per block (default: block size)")
     p.add_argument("--schedule", default="linear", choices=["linear", "exp", "flat"])
@@ -71,19 +72,61 @@ def build_data(args, work: Path) -> str:
     return str(write_phantom_dataset(corpus, work / "data", eval_rows=args.eval_n, dcd_rows=dcd_rows))
 
 
+def rad_in_process(args, data: str, work: Path) -> str:
+    """A short RAD run in this process: `RadStage`'s batches and loss (the code the Ray Train job runs),
+    AdamW with warm-up and cosine decay. On a ~200-row corpus the Ray Train job spends most of its
+    time re-reading the split through Ray Data every epoch; the stage math is the same."""
+    import math
+    import random
+
+    import pyarrow.dataset as pads
+    import torch
+
+    from echo_ray.config import PromptConfig, RadConfig, TinyModelConfig
+    from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint, write_echo_meta
+    from echo_ray.model.tiny import build_tiny_checkpoint
+    from echo_ray.train.examples import Limits
+    from echo_ray.train.rad import RadStage
+    from echo_ray.train.stage import ModelParts
+
+    torch.manual_seed(0)
+    ckpt = load_checkpoint(str(build_tiny_checkpoint(work / "init", TinyModelConfig(), block_size=8)))
+    rows = pads.dataset(str(Path(data) / "train"), format="parquet").to_table().to_pylist()
+    parts = ModelParts(ckpt.model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, 8, PromptConfig())
+    stage, model = RadStage(Limits(2048, 256), RadConfig()), ckpt.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.rad_lr, betas=(0.9, 0.95))
+    n, warm = args.rad_steps, 20
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / n)))))
+    gen, rng = torch.Generator().manual_seed(0), random.Random(0)
+    for step in range(n):
+        loss, _ = stage.loss(model, stage.build_batch(rng.sample(rows, min(8, len(rows))), parts, gen))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == n - 1:
+            print(f"[bench rad] step {step + 1}/{n} loss {float(loss.detach()):.3f}", file=sys.stderr, flush=True)
+    write_echo_meta(model.config, ckpt.mask_id, 8)
+    return str(save_checkpoint(model.eval(), ckpt.tokenizer, ckpt.image_processor, work / "teacher"))
+
+
 def build_teacher(args, data: str, work: Path) -> tuple[str, float]:
-    """An ECHO_Base: the given one, or a short RAD run from the random tiny checkpoint."""
+    """An ECHO_Base: the given one, a short RAD run in-process (default), or the RAD Ray Train job."""
+    t0 = time.perf_counter()
     if args.teacher:
         return args.teacher, 0.0
+    if not args.rad_via_ray:
+        return rad_in_process(args, data, work), time.perf_counter() - t0
     from echo_ray.config import load_config
     from echo_ray.train.launcher import launch
 
     cfg = load_config(None, {
         "train.rad.data": data, "train.rad.output_dir": str(work / "rad"), "train.rad.max_steps": args.rad_steps,
-        "train.rad.batch_size": 4, "train.rad.checkpoint_every": args.rad_steps, "train.rad.optim.lr": args.rad_lr,
+        "train.rad.batch_size": 8, "train.rad.checkpoint_every": args.rad_steps, "train.rad.optim.lr": args.rad_lr,
         "train.distributed.num_workers": 1, "train.distributed.backend": "ddp",
     })  # fmt: skip
-    t0 = time.perf_counter()
     return launch(cfg, "rad").final_dir, time.perf_counter() - t0
 
 

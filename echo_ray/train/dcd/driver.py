@@ -41,7 +41,7 @@ from echo_ray.train.dcd.pool import TeacherPool
 from echo_ray.train.dcd.replay import replay_heldout, replay_results
 from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories, to_row
 from echo_ray.train.dcd.stream import planned_steps
-from echo_ray.train.dcd.tasks import TaskQueue, load_tasks, plan_tasks
+from echo_ray.train.dcd.tasks import TaskPlan, TaskQueue, load_tasks, plan_tasks
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
 from echo_ray.train.dcd.worker import DcdRowSource
 from echo_ray.train.launcher import TrainOutcome, _worker_error, build_trainer
@@ -92,9 +92,28 @@ def _queues(cfg: EchoConfig, W: int, batch_size: int) -> list:
     return [Queue(maxsize=per_worker, actor_options={"num_cpus": 0}) for _ in range(W)]
 
 
-def _teacher_pool(cfg: EchoConfig, spec: TeacherSpec, worker_cls: type) -> TeacherPool:
-    t = cfg.train.dcd_teacher
+def _teacher_pool(cfg: EchoConfig, worker_cls: type) -> TeacherPool:
+    t, m = cfg.train.dcd_teacher, cfg.model
+    spec = TeacherSpec(t.teacher, t.teacher_steps, t.top_k, t.max_new_tokens, m.dtype, m.attn_implementation,
+                       m.cache_dir, cfg.prompt, threads=max(1, math.ceil(t.teacher_cpus)))  # fmt: skip
     return TeacherPool(worker_cls, (spec,), t.num_teachers, num_cpus=t.teacher_cpus, num_gpus=t.teacher_gpus)
+
+
+def _plan_prompts(cfg: EchoConfig, plan: StagePlan) -> TaskPlan | None:
+    """The rounds' prompts (None when replaying, after checking the store holds enough records)."""
+    t, s = cfg.train.dcd_teacher, plan.job.cfg
+    need = t.rounds * t.prompts_per_round
+    if t.replay_from:
+        have = count_trajectories(t.replay_from)
+        if have < need:
+            raise ConfigError(f"{t.replay_from} holds {have} trajectories; rounds x prompts_per_round = {need}")
+        return None
+    tasks = plan_tasks(load_tasks(plan.data_files), t.heldout_prompts, t.rounds, t.prompts_per_round, s.seed)
+    log.info("DCD prompts from split '%s' of %s: %d held out, %d rounds x %d, %d spares", s.split, s.data,
+             len(tasks.heldout), t.rounds, t.prompts_per_round, len(tasks.spares))  # fmt: skip
+    if s.split == "train":
+        log.warning("train.dcd.split is 'train' (the split earlier stages train on); the DCD subset is 'dcd'")
+    return tasks
 
 
 def _heldout(pool: TeacherPool, tasks: list, batch_size: int, writer: TrajectoryWriter | None):
@@ -138,14 +157,12 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
     t, W, bs = cfg.train.dcd_teacher, cfg.train.distributed.num_workers, plan.job.cfg.batch_size
     out = plan.output_dir
     write_text(join(out, CONFIG_FILENAME), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
-    if t.replay_from and count_trajectories(t.replay_from) < t.rounds * t.prompts_per_round:
-        raise ConfigError(f"{t.replay_from} holds {count_trajectories(t.replay_from)} trajectories; "
-                          f"rounds x prompts_per_round = {t.rounds * t.prompts_per_round}")  # fmt: skip
-    tasks = None if t.replay_from else plan_tasks(load_tasks(plan.data_files), t.heldout_prompts, t.rounds,
-                                                      t.prompts_per_round, plan.job.cfg.seed)  # fmt: skip
+    tasks = _plan_prompts(cfg, plan)
     if not ray.is_initialized():
         ray.init()
     writer = TrajectoryWriter(join(out, "trajectories")) if t.write_trajectories and not t.replay_from and not is_s3(out) else None
+    if t.write_trajectories and is_s3(out):
+        log.warning("trajectories are stored only under a local train.dcd.output_dir; %s is s3://, none written", out)
     expected = {r: t.prompts_per_round for r in range(t.rounds)}
     pool, queue, queues, heldout_failures = None, None, [], []
     try:
@@ -153,10 +170,7 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
             heldout = replay_heldout(t.replay_from)
             results = replay_results(t.replay_from, t.rounds, t.prompts_per_round, t.teacher_batch_size)
         else:
-            spec = TeacherSpec(t.teacher, t.teacher_steps, t.top_k, t.max_new_tokens, cfg.model.dtype,
-                               cfg.model.attn_implementation, cfg.model.cache_dir, cfg.prompt,
-                               threads=max(1, math.ceil(t.teacher_cpus)))  # fmt: skip
-            pool = _teacher_pool(cfg, spec, worker_cls)
+            pool = _teacher_pool(cfg, worker_cls)
             heldout, heldout_failures = _heldout(pool, tasks.heldout, t.teacher_batch_size, writer)
             queue = TaskQueue(tasks, t.teacher_batch_size)
             results = pool.map(queue)
