@@ -140,9 +140,13 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=1024, help="7b shape only")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads; 1 keeps timings stable on a shared 2-core machine (OpenMP spin-waits otherwise)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
     if args.shape == "7b" and device != "cuda":
         print(json.dumps({"skipped": "the 7b shape needs a CUDA device", "device": device}))
         return 0
@@ -164,6 +168,7 @@ def main() -> int:
     out = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "shape": args.shape, "block_size": B, "max_new_tokens": max_new,
+        "threads": torch.get_num_threads() if device == "cpu" else None,
         "onestep_fused_vs_ar": tps("onestep_fused") / tps("ar"),
         "fused_vs_vanilla": tps("onestep_fused") / tps("onestep_vanilla"),
         "forwards_per_report": {k: results[f"{k}@{first}"]["forwards_per_report"] for k in kinds},
