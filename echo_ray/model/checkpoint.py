@@ -28,14 +28,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class Checkpoint:
-    model: Qwen2_5_VLForConditionalGeneration
-    tokenizer: PreTrainedTokenizerBase
-    image_processor: Qwen2VLImageProcessorPil
-    mask_id: int | None
-    block_size: int | None
-    path: Path
+class TokenIds:
+    """EOS and PAD ids of an object that holds a `tokenizer` (checkpoints, training model parts)."""
+
+    tokenizer: Any
 
     @property
     def eos_id(self) -> int:
@@ -44,6 +40,16 @@ class Checkpoint:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
+
+
+@dataclass
+class Checkpoint(TokenIds):
+    model: Qwen2_5_VLForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: Qwen2VLImageProcessorPil
+    mask_id: int | None
+    block_size: int | None
+    path: Path
 
 
 def write_echo_meta(

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from echo_ray.config import PromptConfig
+from echo_ray.model.checkpoint import TokenIds
 from echo_ray.model.forward import embed, image_features
 
 
 @dataclass
-class ModelParts:
+class ModelParts(TokenIds):
     """What batch building needs from the loaded checkpoint (the model only for M-RoPE indexing)."""
 
     model: Any  # Qwen2_5_VLForConditionalGeneration (unwrapped)
@@ -39,14 +40,6 @@ class ModelParts:
     mask_id: int
     block_size: int
     prompt: PromptConfig
-
-    @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_token_id)
-
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
 
     @property
     def image_token_id(self) -> int:
