@@ -344,16 +344,28 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass `cls` from `data`, rejecting unknown keys by their full dotted path."""
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys by their full dotted path.
+
+    Keys absent from `data` keep the values of `base` (default: `cls()`), so a YAML that sets one
+    key of a section keeps that section's own defaults (e.g. `train.dcd.split` stays "dcd").
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
         if k not in names:
             path = f"{prefix}.{k}" if prefix else str(k)
             raise ConfigError(f"unknown config key '{path}' (valid here: {', '.join(sorted(names))})")
-    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    return cls(**kwargs)
+    base = cls() if base is None else base
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        current = getattr(base, k)
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) and dataclasses.is_dataclass(current):
+            kwargs[k] = from_dict(hints[k], v, prefix=key, base=current)
+        else:
+            kwargs[k] = _convert(hints[k], v, key)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

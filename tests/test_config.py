@@ -55,3 +55,11 @@ def test_overrides_and_roundtrip(tmp_path) -> None:
     assert path.name == CONFIG_FILENAME
     again = load_config(path)
     assert again == cfg
+
+
+def test_setting_one_key_keeps_the_section_defaults() -> None:
+    """train.dcd defaults to split 'dcd' and output runs/dcd; touching one key must not reset them."""
+    cfg = load_config(None, {"train.dcd.data": "somewhere", "train.rad.max_steps": 3})
+    assert cfg.train.dcd.data == "somewhere"
+    assert cfg.train.dcd.split == "dcd" and cfg.train.dcd.output_dir == "runs/dcd"
+    assert cfg.train.rad.output_dir == "runs/rad" and cfg.train.rad.max_steps == 3
