@@ -28,7 +28,7 @@ from echo_ray.config import SourceSpec
 from echo_ray.data.schema import image, issue_record, new_record
 from echo_ray.data.sources import join_image
 from echo_ray.data.sources.sections import parse_report_text
-from echo_ray.data.sources.tabular import read_csv_rows
+from echo_ray.data.sources.tabular import read_csv_rows, source_root
 from echo_ray.errors import InputError
 
 NAME = "chexpert_plus"
@@ -36,9 +36,7 @@ REQUIRED = ("path_to_image", "section_findings", "section_impression")
 
 
 def list_tasks(spec: SourceSpec) -> list[str]:
-    root = Path(spec.path).expanduser()
-    if not root.exists():
-        raise InputError(f"{NAME}: input path not found: {root}")
+    root = source_root(spec.path, NAME)
     files = sorted(p.name for p in root.glob("df_chexpert_plus_*.csv*"))
     if not files:
         raise InputError(f"{NAME}: no df_chexpert_plus_*.csv under {root}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from echo_ray.config import SourceSpec
 from echo_ray.data.schema import image, issue_record, new_record
 from echo_ray.data.sources import join_image
-from echo_ray.data.sources.tabular import read_csv_rows
+from echo_ray.data.sources.tabular import read_csv_rows, source_root
 from echo_ray.errors import InputError
 
 NAME = "iu_xray"
@@ -29,9 +29,7 @@ REPORT_COLUMNS = ("uid", "findings", "impression")
 
 
 def _root(spec: SourceSpec) -> Path:
-    root = Path(spec.path).expanduser()
-    if not root.exists():
-        raise InputError(f"{NAME}: input path not found: {root}")
+    root = source_root(spec.path, NAME)
     for name in (REPORTS, PROJECTIONS):
         if not (root / name).is_file():
             raise InputError(f"{NAME}: {root} is not an IU X-ray export (missing {name})")

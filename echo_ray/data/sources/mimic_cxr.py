@@ -27,7 +27,7 @@ from echo_ray.config import SourceSpec
 from echo_ray.data.schema import image, issue_record, new_record
 from echo_ray.data.sources import join_image
 from echo_ray.data.sources.sections import parse_report_text
-from echo_ray.data.sources.tabular import read_csv_rows, read_text_file
+from echo_ray.data.sources.tabular import read_csv_rows, read_text_file, source_root
 from echo_ray.errors import InputError
 
 NAME = "mimic_cxr"
@@ -50,9 +50,7 @@ def _reports_root(root: Path) -> Path:
 
 
 def list_tasks(spec: SourceSpec) -> list[str]:
-    root = Path(spec.path).expanduser()
-    if not root.exists():
-        raise InputError(f"{NAME}: input path not found: {root}")
+    root = source_root(spec.path, NAME)
     if _find(root, METADATA) is None:
         raise InputError(f"{NAME}: {root} has no {METADATA}[.gz] (needed to map studies to images)")
     reports = _reports_root(root)

@@ -21,7 +21,7 @@ from echo_ray.config import SourceSpec
 from echo_ray.data.schema import image, issue_record, new_record
 from echo_ray.data.sources import join_image
 from echo_ray.data.sources.sections import parse_report_text
-from echo_ray.data.sources.tabular import decode_text, read_bytes, read_text_file
+from echo_ray.data.sources.tabular import decode_text, read_bytes, read_text_file, source_root
 from echo_ray.errors import InputError
 
 NAME = "phantom"
@@ -30,9 +30,7 @@ LINES_PER_TASK = 1000
 
 
 def _index(spec: SourceSpec) -> Path:
-    root = Path(spec.path).expanduser()
-    if not root.exists():
-        raise InputError(f"{NAME}: input path not found: {root}")
+    root = source_root(spec.path, NAME)
     if not (root / INDEX).is_file():
         raise InputError(f"{NAME}: {root} is not a phantom corpus (no {INDEX})")
     return root / INDEX

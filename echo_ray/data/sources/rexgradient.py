@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from echo_ray.config import SourceSpec
 from echo_ray.data.schema import image, issue_record, new_record
 from echo_ray.data.sources import join_image
-from echo_ray.data.sources.tabular import decode_text, parse_list, read_bytes, read_csv_rows
+from echo_ray.data.sources.tabular import decode_text, parse_list, read_bytes, read_csv_rows, source_root
 from echo_ray.errors import InputError
 
 NAME = "rexgradient"
@@ -33,9 +33,7 @@ _ID_KEYS = ("id", "StudyInstanceUid", "AccessionNumber")
 
 
 def list_tasks(spec: SourceSpec) -> list[str]:
-    root = Path(spec.path).expanduser()
-    if not root.exists():
-        raise InputError(f"{NAME}: input path not found: {root}")
+    root = source_root(spec.path, NAME)
     found = []
     for d in (root / "metadata", root):
         for pattern in ("*metadata*.csv", "*metadata*.json", "*metadata*.jsonl"):

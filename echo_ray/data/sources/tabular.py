@@ -35,6 +35,14 @@ class CsvRow:
     detail: str = ""
 
 
+def source_root(path: str, name: str) -> Path:
+    """The adapter's input path, expanded; a missing one is a one-line error naming the source."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise InputError(f"{name}: input path not found: {root}")
+    return root
+
+
 def read_bytes(path: Path) -> bytes:
     """Whole file (transparently gunzipped for *.gz); OSError -> InputError naming the file."""
     try:
