@@ -47,6 +47,9 @@ def app_args(args: argparse.Namespace) -> dict:
     """Serve `args` mapping (as in serve_config.yaml) from the config file and the flags."""
     cfg = load_config(args.config) if args.config else load_config()
     serve_cfg = {**to_dict(cfg.serve), "model": args.model}
+    for bound in ("max_pixels", "min_pixels"):  # model.* (e.g. from decode.preset) unless serve sets its own
+        if serve_cfg[f"image_{bound}"] is None:
+            serve_cfg[f"image_{bound}"] = getattr(cfg.model, bound)
     if args.max_batch_size is not None:
         serve_cfg["max_batch_size"] = args.max_batch_size
     decode = to_dict(cfg.decode)

@@ -69,7 +69,7 @@ class TeacherWorker:
         self.ckpt = load_checkpoint(spec.path, spec.dtype, spec.attn_implementation, spec.cache_dir, device)
         for p in self.ckpt.model.parameters():
             p.requires_grad_(False)
-        self.block_size = int(self.ckpt.block_size)
+        self.block_size = int(self.ckpt.trained_block_size)  # published teachers: from the _blockN name
         self.steps = int(spec.steps or self.block_size)
 
     def _prompt(self, task: PromptTask):
