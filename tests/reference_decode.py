@@ -13,6 +13,11 @@ token (its logit is excluded before the argmax and the confidence).
 fused, multi-step quota static/dynamic) for B in {4, 8} and S in {B, B/2}; the test suite and
 `benchmarks/decode.py` (`reference_schedule_identical`) both run it.
 
+The tiny preset's random weights emit one token everywhere, which would make any schedule look
+right; `diversify` redraws the language model's matrices (std 0.3) so outputs vary and the
+confidences spread over (0, 1), and the cases use a tau inside that spread (0.25 by default) so
+the dynamic rule takes both of its branches.
+
 Usage:
     toks = reference_decode(model, prompt, mask_id, eos_id, block_size=8, steps=4, threshold=0.85, max_new=24)
     results = conformance_cases(model, prompts, mask_id, eos_id, pad_id, max_new=24)   # {case: bool}
@@ -93,8 +98,24 @@ def echo_ray_decode(model, prompts, mask_id, eos_id, pad_id, block_size, sampler
     return out
 
 
+@torch.no_grad()
+def diversify(model, std: float = 0.3, seed: int = 0):
+    """Redraw every 2-D weight of the language model from N(0, std^2) (module doc). In place."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.model.language_model.parameters():
+        if p.dim() == 2:
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * std)
+    return model
+
+
+def pick_eos(model, prompts, mask_id: int, at: int = 9) -> int:
+    """A token the model emits mid-way through the first prompt's report (rows then stop at different blocks)."""
+    free = reference_decode(model, prompts[0], mask_id, -1, 4, 4, None, at + 1)
+    return free[at]
+
+
 def conformance_cases(model, prompts, mask_id: int, eos_id: int, pad_id: int, max_new: int = 24,
-                      threshold: float = 0.85, caches: tuple[str, ...] = ("fused",)) -> dict[str, bool]:  # fmt: skip
+                      threshold: float = 0.25, caches: tuple[str, ...] = ("fused",)) -> dict[str, bool]:  # fmt: skip
     """{case name: echo_ray == reference on every prompt} (module doc)."""
     results: dict[str, bool] = {}
     for B in (4, 8):

@@ -110,8 +110,7 @@ def set_pixel_bounds(image_processor: Any, max_pixels: int | None = None, min_pi
         size["longest_edge"] = int(max_pixels)
     if size["shortest_edge"] > size["longest_edge"]:
         raise InputError(f"min_pixels {size['shortest_edge']} exceeds max_pixels {size['longest_edge']}")
-    image_processor.size = size
-    image_processor.min_pixels, image_processor.max_pixels = size["shortest_edge"], size["longest_edge"]
+    image_processor.size = size  # what the processor reads; its min/max_pixels call kwargs are deprecated
 
 
 def _load_parts(local: Path, dtype: str, attn_implementation: str) -> tuple[Any, Any, Any]:
