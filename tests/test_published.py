@@ -48,8 +48,10 @@ def test_published_layout_loads_with_its_mask_id_and_no_resize(published, tiny_c
     assert c.block_size is None and c.name_block_size == 8 and c.trained_block_size == 8
     for a, b in zip(c.model.parameters(), ours.model.parameters()):
         assert torch.equal(a, b)
-    half = load_checkpoint(str(published), dtype="bfloat16")  # stored float32, loaded as asked
-    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    half = load_checkpoint(str(published), dtype="bfloat16", max_pixels=56 * 56, min_pixels=28 * 28)
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}  # stored float32, loaded as asked
+    grid = half.image_processor(images=[Image.new("RGB", (400, 400))], return_tensors="pt")["image_grid_thw"]
+    assert int(grid.prod()) * 14 * 14 <= 56 * 56  # model.max_pixels bounds the resized image
 
 
 def test_mask_found_by_token_spelling_alone(published, tmp_path) -> None:

@@ -110,7 +110,10 @@ def set_pixel_bounds(image_processor: Any, max_pixels: int | None = None, min_pi
         size["longest_edge"] = int(max_pixels)
     if size["shortest_edge"] > size["longest_edge"]:
         raise InputError(f"min_pixels {size['shortest_edge']} exceeds max_pixels {size['longest_edge']}")
-    image_processor.size = size  # what the processor reads; its min/max_pixels call kwargs are deprecated
+    image_processor.size = size
+    for attr, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        if getattr(image_processor, attr, None) is not None:  # older configs keep these too; they win at call time
+            setattr(image_processor, attr, size[key])
 
 
 def _load_parts(local: Path, dtype: str, attn_implementation: str) -> tuple[Any, Any, Any]:
