@@ -280,8 +280,12 @@ class EvalConfig:
 @dataclass
 class ServeConfig:
     model: str = ""
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.02
+    # continuous: one scheduler per replica admits requests into engine slots at every block edge
+    # (decode.slots.max_rows rows); static: the old @serve.batch path (the benchmark's baseline).
+    batching: Literal["continuous", "static"] = "continuous"
+    max_queue: int = 64  # continuous: requests waiting for a slot per replica; beyond it 429 + Retry-After
+    max_batch_size: int = 8  # static only
+    batch_wait_timeout_s: float = 0.02  # static only
     max_body_bytes: int = 20_000_000
     max_images: int = 4
     max_pixels: int = 40_000_000
