@@ -275,21 +275,24 @@ def _wait_for(check, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def _long_stream(url: str, png: bytes) -> requests.Response:
-    """An AR stream of 1200 tokens (one per step): it holds its slot until the client leaves."""
+def _long_stream(url: str, png: bytes) -> tuple[requests.Response, object]:
+    """An AR stream of 1200 tokens (one per step): it holds its slot until the client leaves.
+
+    The line iterator is returned too: dropping it would close the connection (a disconnect).
+    """
     r = requests.post(url + "/v1/reports/stream", files=[("images", ("a.png", png, "image/png"))],
                       data={"mode": "ar", "max_new_tokens": "1200"}, stream=True, timeout=120)  # fmt: skip
     assert r.status_code == 200, r.text
     lines = r.iter_lines(decode_unicode=True)
     assert next(lines) == "event: block" and next(lines).startswith("data:")  # decoding now
-    return r
+    return r, lines
 
 
 def test_disconnect_frees_the_slot_and_a_full_queue_answers_429(busy_url):
     png = phantom_pngs()[0].read_bytes()
     base = _batching(busy_url)
     assert base["slots"] == 2 and base["max_queue"] == 1
-    a, b = _long_stream(busy_url, png), _long_stream(busy_url, png)
+    (a, _a_lines), (b, _b_lines) = _long_stream(busy_url, png), _long_stream(busy_url, png)
     assert _batching(busy_url)["slots_in_use"] == 2
     queued: list[requests.Response] = []
     waiter = threading.Thread(target=lambda: queued.append(post(busy_url, [png], max_new_tokens=8)))

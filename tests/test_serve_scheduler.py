@@ -99,10 +99,14 @@ def test_a_waiting_request_takes_the_first_freed_slot_while_others_keep_decoding
     short, long_, waiting = Sink(), Sink(), Sink()
     for r, s in ((row(0, 8), short), (row(1, 40), long_), (row(2, 16), waiting)):
         sched.submit(r, s, deadline=time.monotonic() + 300)
-    sched.run_once()  # block 0 of rows 0 and 1; row 0 (one block) is done and its slot free
-    assert short.done and not waiting.updates and sched.snapshot()["queue_length"] == 1
-    assert sched.run_once() == 2  # the waiting row joined the long one at the next edge
-    assert waiting.updates[0].event.block == 0 and long_.updates[-1].event.block == 1
+    while not short.done:  # rows 0 and 1 hold both slots; row 2 waits
+        assert not waiting.updates
+        sched.run_once()
+    snap = sched.snapshot()
+    assert (snap["slots_in_use"], snap["queue_length"]) == (1, 1)
+    n_long = len(long_.updates)
+    assert sched.run_once() == 2  # the waiting row joined the long one at the very next edge
+    assert waiting.updates[0].event.block == 0 and len(long_.updates) == n_long + 1 and not long_.done
     drain(sched, [long_, waiting])
     assert waiting.tokens == alone(2, 16) and long_.tokens == alone(1, 40)
 
@@ -118,9 +122,11 @@ def test_cancel_frees_a_running_slot_at_the_next_edge_and_drops_a_queued_row():
     sched.cancel(t_run)
     assert sched.snapshot()["queue_length"] == 0
     sched.submit(row(2, 8), after, deadline=time.monotonic() + 300)
-    sched.run_once()  # the cancelled row's slot is freed before this step and goes to the new row
+    assert sched.run_once() == 1  # the cancelled row's slot was freed before this step: the new row has it
+    assert after.updates[0].event.block == 0
+    drain(sched, [after])
     assert len(running.updates) == 1 and not queued.updates  # nothing more for either
-    assert after.done and after.tokens == alone(2, 8)
+    assert after.tokens == alone(2, 8)
     snap = sched.snapshot()
     assert (snap["cancelled"], snap["slots_in_use"], snap["finished"]) == (2, 0, 1)
 
