@@ -60,6 +60,7 @@ class RowEvent:
     hit_max: bool
     steps: int  # forwards spent on this block
     trace: BlockTrace | None = None  # (1, B) tensors; with record_topk or multi-step modes
+    forwards: int = 0  # forwards this row has taken part in so far, its prefill included
 
 
 class EngineFull(Exception):
@@ -151,6 +152,7 @@ class DecodeEngine:
         pos, delta = prompt_positions(self.model, ids, grid)
         feats = image_features(self.model, p.pixel_values.to(self.device), grid) if p.pixel_values.numel() else None
         n_pre = P if mode.kind == "ar" else (P // B) * B
+        f0 = self.stats.forwards
         state = RowState(self._next_row, req.tag, mode, req.max_new_tokens, slot=-1, start=n_pre, tail=P - n_pre)
         slot = self.table.alloc(state)
         self.kv.clear(slot)
@@ -165,6 +167,7 @@ class DecodeEngine:
             t.cur[slot, :B] = self.mask_id
             t.cur[slot, : P - n_pre] = ids[n_pre:]
             t.fixed[slot, : P - n_pre] = True
+        state.forwards = self.stats.forwards - f0
         self._by_row[state.row] = state
         self._next_row += 1
         if mode not in self._order:
@@ -240,6 +243,7 @@ class DecodeEngine:
         key_len = max(r.start for r in rows) + B
         fixed = t.fixed[sel, :B].clone()
         masked = (t.cur[sel, :B] == self.mask_id) & ~fixed
+        f0 = self.stats.forwards
         if mode.cache == "vanilla" and any(r.blocks for r in rows):
             self.runner.run(sel, n, B, "write", key_len - B)
             self.stats.forwards += 1
@@ -265,6 +269,7 @@ class DecodeEngine:
         want_trace = bool(mode.record_topk) or mode.kind == "multistep"
         events = []
         for i, r in enumerate(rows):
+            r.forwards += self.stats.forwards - f0
             trace = rec.trace(i, cur, fixed) if want_trace else None
             events.append(self._finish(r, toks[i][r.tail :], step, trace))
         t.prev[sel, :B] = cur
@@ -291,6 +296,7 @@ class DecodeEngine:
             self.table.pos0[sel] += 1
             for r in live:
                 r.start += 1
+                r.forwards += 1
         return events
 
     def _finish(self, r: RowState, toks: list[int], steps: int, trace) -> RowEvent:
@@ -303,7 +309,7 @@ class DecodeEngine:
         elif len(toks) >= budget:
             toks, finished, hit = toks[:budget], True, True
         r.generated += len(toks)
-        ev = RowEvent(r.row, r.tag, r.blocks, toks, finished, hit, steps, trace)
+        ev = RowEvent(r.row, r.tag, r.blocks, toks, finished, hit, steps, trace, r.forwards)
         r.blocks += 1
         return ev
 

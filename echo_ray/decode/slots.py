@@ -40,6 +40,7 @@ class RowState:
     tail: int  # prompt-tail tokens fixed in the current block
     generated: int = 0
     blocks: int = 0  # blocks (AR: tokens) emitted so far
+    forwards: int = 0  # forwards this row took part in (prefill chunks included)
 
 
 class SlotTable:
