@@ -79,6 +79,17 @@ class PhantomConfig:
 
 
 @dataclass
+class SlotsConfig:
+    """The static decode engine's preallocated row slots (echo_ray.decode.engine)."""
+
+    max_rows: int = 16  # row slots: rows decoded at once (more wait or are refused)
+    max_len: int = 2048  # positions per slot: prompt + max_new_tokens must fit
+    cuda_graphs: bool = True  # capture each step per batch bucket (CUDA only; CPU runs eager)
+    compile: bool = False  # torch.compile the step forward
+    prefill_chunk: int = 1024  # prefill at most this many positions per forward (rounded to blocks)
+
+
+@dataclass
 class DecodeConfig:
     """Decoder choice; block_size None means the checkpoint's own."""
 
@@ -89,6 +100,8 @@ class DecodeConfig:
     threshold: Optional[float] = None  # multistep dynamic schedule (tau)
     max_new_tokens: int = 160
     language: Literal["en", "zh"] = "en"
+    engine: Literal["static", "reference"] = "static"  # static = DecodeEngine; reference = BlockDecoder/ARDecoder
+    slots: SlotsConfig = field(default_factory=SlotsConfig)
 
 
 @dataclass
