@@ -8,7 +8,7 @@ awaits the row's block updates through an asyncio queue that the scheduler threa
 decoder returns. A handler that is cancelled (client gone) calls `handle.cancel()` in a `finally`.
 
 Usage:
-    dec = ContinuousDecoder(gen, engine, max_queue=64); dec.start()
+    dec = ContinuousDecoder(gen, gen.engine, max_queue=64, timeout_s=60.0); dec.start()
     handle = await dec.open(images, "en", "onestep", 96, deadline)
     while (ev := await handle.next_block()) is not None: ...      # RowEvent per block
     handle.report()                                               # GeneratedReport
@@ -22,7 +22,6 @@ from dataclasses import replace
 
 from PIL import Image
 
-from echo_ray.config import DecodeConfig
 from echo_ray.decode.engine import DecodeEngine, RowEvent, RowMode, RowRequest
 from echo_ray.decode.generator import GeneratedReport, ReportGenerator, resolve_decode
 from echo_ray.errors import InputError
@@ -31,11 +30,6 @@ from echo_ray.serve.scheduler import BlockUpdate, Failure, QueueFull, Scheduler,
 from echo_ray.serve.schemas import ApiError
 
 FAILURE_STATUS = {"deadline": 503, "invalid": 422, "internal": 500, "shutdown": 503}
-
-
-def build_engine(ckpt, decode: DecodeConfig) -> DecodeEngine:
-    """The replica's one engine: `decode.slots` rows of static KV buffers on the checkpoint's model."""
-    return DecodeEngine(ckpt.model, ckpt.mask_id, ckpt.eos_id, decode.slots)
 
 
 class Overloaded(ApiError):
@@ -110,13 +104,13 @@ class RowHandle:
 class ContinuousDecoder:
     """Scheduler + engine behind async handlers; prompts and modes come from a `ReportGenerator`."""
 
-    def __init__(self, gen: ReportGenerator, engine, max_queue: int, timeout_s: float, metrics=None):
+    def __init__(self, gen: ReportGenerator, engine: DecodeEngine, max_queue: int, timeout_s: float, metrics=None):
         self.gen, self.engine, self.timeout_s, self.metrics = gen, engine, timeout_s, metrics
         self.tokenizer = gen.tokenizer
         self.scheduler = Scheduler(engine, max_queue, on_step=metrics.on_step if metrics else None)
         if metrics is not None:
             metrics.bind(self.scheduler)
-        self.max_len = min(gen.max_context, int(getattr(engine, "max_len", gen.max_context)))
+        self.max_len = min(gen.max_context, int(engine.cfg.max_len))
         self._modes: dict[str, tuple[RowMode, int]] = {}
 
     def start(self) -> None:

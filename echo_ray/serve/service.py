@@ -41,7 +41,7 @@ from echo_ray.decode.generator import ReportGenerator
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.serve.batching import BatchStats, DecodeJob, Outcome, decode_jobs, group_jobs, start_generation
-from echo_ray.serve.continuous import ContinuousDecoder, Overloaded, RowHandle, build_engine
+from echo_ray.serve.continuous import ContinuousDecoder, Overloaded, RowHandle
 from echo_ray.serve.inputs import Limits, ReportRequest, decode_images, parse_body, read_body
 from echo_ray.serve.metrics import SchedulerMetrics
 from echo_ray.serve.schemas import (ERROR_RESPONSES, REPORT_REQUEST_DOC, ApiError, ErrorResponse, ReportResponse,
@@ -127,7 +127,7 @@ class ReportService:
         self.token = os.environ.get(cfg.auth_token_env, "") if cfg.auth_token_env else ""
         self.cont: ContinuousDecoder | None = None
         if cfg.batching == "continuous":
-            engine = build_engine(ckpt, decode)
+            engine = self.gen.engine  # the replica's one set of K/V slots; the scheduler is its only user
             metrics = SchedulerMetrics(engine.free_slots)
             self.cont = ContinuousDecoder(self.gen, engine, cfg.max_queue, cfg.decode_timeout_s, metrics)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-decode")  # static path
