@@ -183,14 +183,15 @@ def autoscaling(base: str, ckpt: str, png: bytes, args: argparse.Namespace) -> d
     """Part 2: a burst of load, then quiet; sample RUNNING replicas every 0.5 s."""
     from ray import serve
 
-    from echo_ray.serve.app import parse_app_args
+    from echo_ray.serve.app import max_ongoing_requests, parse_app_args
     from echo_ray.serve.service import ReportService
 
-    cfg, decode, prompt = parse_app_args({"model": ckpt, "max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_queue": 4,
+    cfg, decode, prompt = parse_app_args({"model": ckpt, "max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_queue": 16,
                                           "decode": {"max_new_tokens": args.max_new_tokens, "slots": {"max_rows": 4}}})  # fmt: skip
     auto = {"min_replicas": 1, "max_replicas": 3, "initial_replicas": 1, "target_ongoing_requests": 2,
             "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "metrics_interval_s": 0.5, "look_back_period_s": 2.0}
-    app = ReportService.options(autoscaling_config=auto, max_ongoing_requests=8,
+    # The queue holds the whole burst (16 clients): refusals (429) would count as errors here.
+    app = ReportService.options(autoscaling_config=auto, max_ongoing_requests=max_ongoing_requests(cfg, decode),
                                 ray_actor_options={"num_cpus": 0.5, "num_gpus": 0}).bind(cfg, decode, prompt)  # fmt: skip
     serve.run(app, name="autoscale", route_prefix="/autoscale")
     timeline: list[tuple[float, int, int]] = []  # (s, running, starting)

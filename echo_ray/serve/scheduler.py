@@ -224,8 +224,9 @@ class Scheduler:
             with self._cond:
                 self._queue.extendleft(reversed(batch))
             return
-        except InputError:
-            # Some request is at fault (e.g. prompt + budget over the context): admit each alone.
+        except (InputError, ValueError):
+            # Some request is at fault (prompt + budget over the slot length, a block longer than the
+            # prompt's text tail): the engine checks all before any compute, so admit each alone.
             for t in batch:
                 self._admit_one(t)
             return
@@ -239,7 +240,7 @@ class Scheduler:
     def _admit_one(self, t: Ticket) -> None:
         try:
             (row,) = self.engine.admit([t.request])
-        except InputError as e:
+        except (InputError, ValueError) as e:
             self.stats.invalid += 1
             self._finish(t, Failure("invalid", str(e)))
             return
