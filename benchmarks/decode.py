@@ -132,6 +132,8 @@ class Bench:
         """One decode of `prompts`: (seconds, forwards per report, tokens per row)."""
         self.sync()
         t0 = time.perf_counter()
+        st = self.engine.stats
+        s0 = (st.decode_s, st.forwards - st.prefill_forwards)
         if engine == "static":
             run = EngineBatch(self.engine, prompts, row_mode(kind, self.B), budgets or self.max_new)
             events, fwd = run.events(), lambda: max(run.forwards)
@@ -144,6 +146,8 @@ class Bench:
             for i, t in enumerate(ev.tokens):
                 toks[i].extend(t)
         self.sync()
+        n_fwd = st.forwards - st.prefill_forwards - s0[1]
+        self.ms_per_forward = 1000 * (st.decode_s - s0[0]) / n_fwd if n_fwd else None
         return time.perf_counter() - t0, fwd(), toks
 
     def measure(self, engine: str, kind: str, prompts) -> dict:
@@ -154,8 +158,11 @@ class Bench:
             times.append(dt)
         wall = statistics.median(times)
         n_tok = sum(len(t) for t in toks)
-        return {"tokens_per_s": n_tok / wall, "forwards_per_report": fwd, "latency_ms": wall * 1000,
-                "tokens": n_tok, "batch": len(prompts)}  # fmt: skip
+        out = {"tokens_per_s": n_tok / wall, "forwards_per_report": fwd, "latency_ms": wall * 1000,
+               "tokens": n_tok, "batch": len(prompts)}  # fmt: skip
+        if engine == "static":
+            out["ms_per_decode_forward"] = self.ms_per_forward  # decode steps only (prefill excluded)
+        return out
 
 
 def identical_tokens(bench: Bench, prompts, max_new) -> bool:
@@ -193,21 +200,43 @@ def mixed_length(bench: Bench, rows: int, lo: int, hi: int, seed: int = 0) -> di
             "engine_vs_reference": dt_ref / dt_engine}  # fmt: skip
 
 
-def add_ratios(out: dict, results: dict, batches: list[int], prefix: str = "") -> None:
+def add_ratios(out: dict, results: dict, batches: list[int], kinds, prefix: str = "") -> None:
     first = min(batches)
     tps = lambda k, b=first: results[f"{prefix}{k}@{b}"]["tokens_per_s"]  # noqa: E731
     out[f"{prefix}onestep_fused_vs_ar"] = tps("onestep_fused") / tps("ar")
-    out[f"{prefix}fused_vs_vanilla"] = tps("onestep_fused") / tps("onestep_vanilla")
-    out[f"{prefix}forwards_per_report"] = {k: results[f"{prefix}{k}@{first}"]["forwards_per_report"] for k in KINDS}
+    if "onestep_vanilla" in kinds:
+        out[f"{prefix}fused_vs_vanilla"] = tps("onestep_fused") / tps("onestep_vanilla")
+    out[f"{prefix}forwards_per_report"] = {k: results[f"{prefix}{k}@{first}"]["forwards_per_report"] for k in kinds}
     for b in batches:
         out[f"{prefix}onestep_fused_vs_ar_batch{b}"] = tps("onestep_fused", b) / tps("ar", b)
 
 
-def add_engine_vs_reference(out: dict, results: dict, batches: list[int]) -> None:
+def add_engine_vs_reference(out: dict, results: dict, batches: list[int], kinds) -> None:
     out["engine_vs_reference"] = {
         k: {str(b): results[f"{k}@{b}"]["tokens_per_s"] / results[f"reference_{k}@{b}"]["tokens_per_s"]
-            for b in batches if b in (1, 16)} for k in KINDS
+            for b in batches if b in (1, 16)} for k in kinds
     }  # fmt: skip
+
+
+def add_memory_floor(out: dict, model) -> None:
+    """CUDA only: device copy bandwidth and the time one read of the LM weights takes at that rate."""
+    if model.device.type != "cuda":
+        return
+    buf = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(buf)
+    dst.copy_(buf)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(buf)
+    torch.cuda.synchronize()
+    gbps = 2 * 20 * buf.numel() / (time.perf_counter() - t0) / 1e9  # read + write per copy
+    lm = model.model.language_model
+    weights = sum(p.numel() * p.element_size() for p in lm.parameters()) + model.lm_head.weight.numel() * 2
+    out["copy_GBps"] = gbps
+    out["weight_read_floor_ms"] = 1000 * weights / (gbps * 1e9)
+    out["ms_per_decode_forward"] = {k: r["ms_per_decode_forward"] for k, r in out["results"].items()
+                                    if "ms_per_decode_forward" in r}  # fmt: skip
 
 
 def main() -> int:
@@ -219,6 +248,8 @@ def main() -> int:
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mixed", default="32,32,256", help="mixed-length run: rows,min budget,max budget ('' skips)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="decoders to time (ar and onestep_fused are required)")
+    ap.add_argument("--no-identity", action="store_true", help="skip the float64/fp32 identical_tokens check")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads; 1 keeps timings stable on a shared 2-core machine (OpenMP spin-waits otherwise)")
     ap.add_argument("--json", action="store_true")
@@ -234,12 +265,13 @@ def main() -> int:
     max_new = args.max_new or (64 if args.shape == "tiny" else 256)
     model, mask_id, pad_id, prompts = tiny_setup(device) if args.shape == "tiny" else shape7b_setup(device, args.prompt_len)
     batches = [int(b) for b in args.batches.split(",")]
+    kinds = tuple(args.kinds.split(","))
     bench = Bench(model, mask_id, pad_id, prompts, B, max_new, args.repeats, max(batches + [16]))
     results: dict[str, dict] = {}
     for bs in batches:
         rows = (prompts * (bs // len(prompts) + 1))[:bs]
         for engine, prefix in (("static", ""), ("reference", "reference_")):
-            for kind in KINDS:
+            for kind in kinds:
                 r = bench.measure(engine, kind, rows)
                 results[f"{prefix}{kind}@{bs}"] = r
                 print(f"{prefix + kind:26s} batch {bs:3d}: {r['tokens_per_s']:9.1f} tok/s  "
@@ -249,14 +281,16 @@ def main() -> int:
         "shape": args.shape, "block_size": B, "max_new_tokens": max_new,
         "threads": torch.get_num_threads() if device == "cpu" else None,
     }  # fmt: skip
-    add_ratios(out, results, batches)
-    add_ratios(out, results, batches, prefix="reference_")
-    add_engine_vs_reference(out, results, batches)
+    add_ratios(out, results, batches, kinds)
+    add_ratios(out, results, batches, kinds, prefix="reference_")
+    add_engine_vs_reference(out, results, batches, kinds)
     if args.mixed:
         n, lo, hi = (int(x) for x in args.mixed.split(","))
         out["mixed_length"] = mixed_length(bench, n, lo, hi)
-    out["identical_tokens"] = identical_tokens(bench, prompts[:3], min(max_new, 32))
+    if not args.no_identity:
+        out["identical_tokens"] = identical_tokens(bench, prompts[:3], min(max_new, 32))
     out["results"] = results
+    add_memory_floor(out, model)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 
