@@ -79,6 +79,17 @@ class PhantomConfig:
 
 
 @dataclass
+class SlotsConfig:
+    """The static decode engine's preallocated row slots (echo_ray.decode.engine)."""
+
+    max_rows: int = 16  # row slots: rows decoded at once (more wait or are refused)
+    max_len: int = 2048  # positions per slot: prompt + max_new_tokens must fit
+    cuda_graphs: bool = True  # capture each step per batch bucket (CUDA only; CPU runs eager)
+    compile: bool = False  # torch.compile the step forward
+    prefill_chunk: int = 1024  # prefill at most this many positions per forward (rounded to blocks)
+
+
+@dataclass
 class DecodeConfig:
     """Decoder choice; block_size None means the checkpoint's own."""
 
@@ -89,6 +100,8 @@ class DecodeConfig:
     threshold: Optional[float] = None  # multistep dynamic schedule (tau)
     max_new_tokens: int = 160
     language: Literal["en", "zh"] = "en"
+    engine: Literal["static", "reference"] = "static"  # static = DecodeEngine; reference = BlockDecoder/ARDecoder
+    slots: SlotsConfig = field(default_factory=SlotsConfig)
 
 
 @dataclass
@@ -280,8 +293,12 @@ class EvalConfig:
 @dataclass
 class ServeConfig:
     model: str = ""
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.02
+    # continuous: one scheduler per replica admits requests into engine slots at every block edge
+    # (decode.slots.max_rows rows); static: the old @serve.batch path (the benchmark's baseline).
+    batching: Literal["continuous", "static"] = "continuous"
+    max_queue: int = 64  # continuous: requests waiting for a slot per replica; beyond it 429 + Retry-After
+    max_batch_size: int = 8  # static only
+    batch_wait_timeout_s: float = 0.02  # static only
     max_body_bytes: int = 20_000_000
     max_images: int = 4
     max_pixels: int = 40_000_000

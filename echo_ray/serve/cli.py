@@ -21,7 +21,7 @@ from pathlib import Path
 
 from echo_ray.config import load_config, to_dict
 from echo_ray.model.checkpoint import check_checkpoint_dir
-from echo_ray.serve.app import parse_app_args
+from echo_ray.serve.app import max_ongoing_requests, parse_app_args
 
 APP_NAME = "echo"
 
@@ -36,7 +36,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica; fractions allowed")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica (0 on a laptop)")
-    p.add_argument("--max-batch-size", type=int, help="requests per batched decode")
+    p.add_argument("--batching", choices=["continuous", "static"], help="continuous (default) or static baseline")
+    p.add_argument("--max-batch-size", type=int, help="requests per batched decode (static batching)")
     p.add_argument("--mode", choices=["onestep", "multistep", "ar"], help="default decode mode")
     p.add_argument("--max-new-tokens", type=int, help="default response token budget")
     p.set_defaults(func=run_serve)
@@ -49,6 +50,8 @@ def app_args(args: argparse.Namespace) -> dict:
     serve_cfg = {**to_dict(cfg.serve), "model": args.model}
     if args.max_batch_size is not None:
         serve_cfg["max_batch_size"] = args.max_batch_size
+    if args.batching:
+        serve_cfg["batching"] = args.batching
     decode = to_dict(cfg.decode)
     if args.mode:
         decode["mode"] = args.mode
@@ -75,7 +78,7 @@ def run_serve(args: argparse.Namespace, wait: bool = True) -> int:
     if token:  # hand the shell's token to the replicas, also when joining a running Ray via RAY_ADDRESS
         options["runtime_env"] = {"env_vars": {cfg.auth_token_env: token}}
     app = ReportService.options(num_replicas=args.replicas, ray_actor_options=options,
-                                max_ongoing_requests=max(32, 2 * cfg.max_batch_size)).bind(cfg, decode, prompt)  # fmt: skip
+                                max_ongoing_requests=max_ongoing_requests(cfg, decode)).bind(cfg, decode, prompt)  # fmt: skip
     serve.run(app, name=APP_NAME, route_prefix="/")
     print(f"ECHO report service: http://{args.host}:{args.port}/ (API docs at /docs). Ctrl-C to stop.", flush=True)
     if not wait:

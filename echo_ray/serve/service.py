@@ -1,11 +1,16 @@
-"""The Ray Serve deployment: a FastAPI ingress over `ReportGenerator`, batched with `@serve.batch`.
+"""The Ray Serve deployment: a FastAPI ingress over the decode engine, batched continuously.
 
-The replica holds no decoding logic: it parses and checks requests (`inputs.py`), queues them in
-`@serve.batch` (one `ReportGenerator` call per (mode, language, budget) group, `batching.py`), and
-streams block events (`sse.py`). All model work runs on one worker thread per replica, so the event
-loop keeps answering /healthz while a batch decodes and decodes never contend for the device;
-streaming requests take that thread block by block, interleaving with batches. Logs carry the
-Serve request id, sizes and timings, never report text or image bytes (patient data).
+The replica holds no decoding logic: it parses and checks requests (`inputs.py`) and hands them to
+one of two batching paths (`ServeConfig.batching`):
+- `continuous` (default): a `Scheduler` (scheduler.py) on its own thread owns a `DecodeEngine` and
+  admits waiting requests into free slots at every block edge; plain and streaming requests are rows
+  of the same steps, whatever their language or budget (continuous.py). A client that goes away
+  frees its slot at the next block edge; a full admission queue answers 429 with Retry-After.
+- `static` (the benchmark's baseline): `@serve.batch` fixes a batch when it starts, one
+  `ReportGenerator` call per (mode, language, budget) group (`batching.py`); streams decode alone,
+  block by block, on the same single worker thread.
+Either way the event loop keeps answering /healthz while decoding runs. Logs carry the Serve
+request id, sizes and timings, never report text or image bytes (patient data).
 
 Routes: POST /v1/reports, POST /v1/reports/stream, GET /healthz, /readyz, /v1/models, / (web page),
 and FastAPI's /docs (OpenAPI). Errors are JSON ``{"error", "status", "request_id"}``.
@@ -36,9 +41,12 @@ from echo_ray.decode.generator import ReportGenerator
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.serve.batching import BatchStats, DecodeJob, Outcome, decode_jobs, group_jobs, start_generation
+from echo_ray.serve.continuous import ContinuousDecoder, Overloaded, RowHandle
 from echo_ray.serve.inputs import Limits, ReportRequest, decode_images, parse_body, read_body
-from echo_ray.serve.schemas import ERROR_RESPONSES, REPORT_REQUEST_DOC, ApiError, ReportResponse, report_response
-from echo_ray.serve.sse import block_payload, sse_event
+from echo_ray.serve.metrics import SchedulerMetrics
+from echo_ray.serve.schemas import (ERROR_RESPONSES, REPORT_REQUEST_DOC, ApiError, ErrorResponse, ReportResponse,
+                                    report_response)
+from echo_ray.serve.sse import block_payload, row_block_payload, sse_event
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger stamps request ids and writes replica logs
 
@@ -63,6 +71,8 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     rid = request_id(request)
     logger.info("request_id=%s path=%s status=%d refused: %s", rid, request.url.path, exc.status, exc.log_message)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return JSONResponse({"error": exc.message, "status": exc.status, "request_id": rid}, exc.status, headers=headers)
 
 
@@ -95,13 +105,14 @@ def _static(name: str) -> str:
 
 
 STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+ROUTE_ERRORS = {**ERROR_RESPONSES, 429: {"model": ErrorResponse, "description": "admission queue full; see Retry-After"}}
 
 
 @serve.deployment(
     name="ReportService",
     # Local default (echo-ray serve, tests): a fraction of a CPU. serve_config.yaml sets num_gpus: 1 on a cluster.
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    max_ongoing_requests=32,  # must be >= max_batch_size (Serve checks); the rest queue in the router
+    max_ongoing_requests=32,  # build_app sets it from the slots and queue (app.py: max_ongoing_requests)
     health_check_period_s=10,
 )
 @serve.ingress(api)
@@ -114,11 +125,18 @@ class ReportService:
         self.model_name = _model_name(cfg.model)
         self.limits = Limits(cfg.max_body_bytes, cfg.max_images, cfg.max_pixels, cfg.max_new_tokens_limit)
         self.token = os.environ.get(cfg.auth_token_env, "") if cfg.auth_token_env else ""
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-decode")
+        self.cont: ContinuousDecoder | None = None
+        if cfg.batching == "continuous":
+            engine = self.gen.engine  # the replica's one set of K/V slots; the scheduler is its only user
+            metrics = SchedulerMetrics(engine.free_slots)
+            self.cont = ContinuousDecoder(self.gen, engine, cfg.max_queue, cfg.decode_timeout_s, metrics)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-decode")  # static path
         self.stats = BatchStats()
         self._decode_batch.set_max_batch_size(cfg.max_batch_size)
         self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.warmup_ms = self._warmup()
+        if self.cont is not None:
+            self.cont.start()
         self.ready = True
         logger.info("model %s loaded and warmed up in %.0f ms (auth %s)", self.model_name,
                     (time.perf_counter() - t0) * 1000, "on" if self.token else "off")  # fmt: skip
@@ -127,8 +145,22 @@ class ReportService:
         """One one-block decode of a blank image: proves the model runs before /readyz says so."""
         t0 = time.perf_counter()
         blank = Image.new("RGB", (224, 224))
-        self.gen.generate([[blank]], "en", max_new_tokens=int(self.gen.cfg.block_size or 1))
+        if self.cont is not None:
+            self.cont.warmup([blank], int(self.gen.cfg.block_size or 1))
+        else:
+            self.gen.generate([[blank]], "en", max_new_tokens=int(self.gen.cfg.block_size or 1))
         return round((time.perf_counter() - t0) * 1000, 1)
+
+    def __del__(self):
+        if getattr(self, "cont", None) is not None:
+            self.cont.close()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom autoscaling metrics (Ray Serve calls this on the replica) for a custom policy."""
+        if self.cont is None:
+            return {}
+        snap = self.cont.scheduler.snapshot()
+        return {k: float(snap[k]) for k in ("slots_in_use", "queue_length", "mean_rows_per_step")}
 
     def check_health(self) -> None:  # Serve's replica health probe
         if not self.ready:
@@ -160,34 +192,51 @@ class ReportService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, decode_jobs, self.gen, jobs, self.cfg.decode_timeout_s)
 
-    @api.post("/v1/reports", response_model=ReportResponse, responses=ERROR_RESPONSES, openapi_extra=REPORT_REQUEST_DOC)
+    @api.post("/v1/reports", response_model=ReportResponse, responses=ROUTE_ERRORS, openapi_extra=REPORT_REQUEST_DOC)
     async def create_report(self, request: Request) -> dict:
         """Generate one report for 1-4 images (multipart upload or JSON with base64 images)."""
         t0 = time.perf_counter()
         req = await self._parse(request)
         job = self._job(req)
-        outcome: Outcome = await self._decode_batch(job)
-        if outcome.error is not None:
-            raise outcome.error
+        if self.cont is None:
+            outcome: Outcome = await self._decode_batch(job)
+            if outcome.error is not None:
+                raise outcome.error
+            r, batch = outcome.report, outcome.batch_size
+        else:
+            handle = await self._open(request, job)
+            try:
+                r = await handle.wait()
+            finally:  # cancelled (client gone) or failed: free the slot at the next block edge
+                handle.cancel()
+            batch = handle.rows_in_step
         latency = time.perf_counter() - t0
-        r = outcome.report
         logger.info("request_id=%s POST /v1/reports 200 images=%d bytes=%d mode=%s lang=%s batch=%d tokens=%d "
                     "forwards=%d latency_ms=%.1f", request_id(request), len(req.images), req.n_bytes, job.mode,
-                    job.language, outcome.batch_size, len(r.tokens), r.forward_passes, latency * 1000)  # fmt: skip
-        return report_response(r, job.language, self.model_name, latency, outcome.batch_size)
+                    job.language, batch, len(r.tokens), r.forward_passes, latency * 1000)  # fmt: skip
+        return report_response(r, job.language, self.model_name, latency, batch)
 
-    @api.post("/v1/reports/stream", responses=ERROR_RESPONSES, openapi_extra=REPORT_REQUEST_DOC)
+    async def _open(self, request: Request, job: DecodeJob) -> RowHandle:
+        assert self.cont is not None
+        return await self.cont.open(job.images, job.language, job.mode, job.max_new_tokens, job.deadline,
+                                    tag=request_id(request))  # fmt: skip
+
+    @api.post("/v1/reports/stream", responses=ROUTE_ERRORS, openapi_extra=REPORT_REQUEST_DOC)
     async def stream_report(self, request: Request) -> StreamingResponse:
         """The same request, answered as server-sent events: `block` per finished block, then `final`."""
         t0 = time.perf_counter()
         req = await self._parse(request)
         job = self._job(req)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if self.cont is not None:  # 422 / 429 before the 200 status line goes out
+            handle = await self._open(request, job)
+            events = self._row_events(request, handle, job, req, t0)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         loop = asyncio.get_running_loop()
         try:  # validate (context length) before the 200 status line goes out
             run = await loop.run_in_executor(self.pool, start_generation, self.gen, [job])
         except InputError as e:
             raise ApiError(422, str(e)) from None
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(self._events(request, run, job, req, t0), media_type="text/event-stream", headers=headers)
 
     async def _events(self, request: Request, run, job: DecodeJob, req: ReportRequest, t0: float) -> AsyncIterator[bytes]:
@@ -214,6 +263,33 @@ class ReportService:
         final = report_response(r, job.language, self.model_name, latency, 1)
         yield sse_event("final", {**final, "blocks": blocks})
 
+    async def _row_events(self, request: Request, handle: RowHandle, job: DecodeJob, req: ReportRequest,
+                          t0: float) -> AsyncIterator[bytes]:  # fmt: skip
+        """Continuous path: one SSE block per row event; the row shares its steps with other requests."""
+        rid, text = request_id(request), ""
+        try:
+            while True:
+                try:
+                    ev = await handle.next_block()
+                except ApiError as e:
+                    logger.info("request_id=%s stream stopped after %d blocks: %s", rid, handle.blocks, e.status)
+                    yield sse_event("error", {"error": e.message, "status": e.status, "request_id": rid})
+                    return
+                if ev is None:
+                    break
+                payload = row_block_payload(ev, handle.text(), len(handle.tokens), text, t0)
+                text = payload["text"]
+                yield sse_event("block", payload)
+        finally:  # the client closed the stream (generator closed / task cancelled): stop decoding for it
+            handle.cancel()
+        latency = time.perf_counter() - t0
+        r = handle.report()
+        logger.info("request_id=%s POST /v1/reports/stream 200 images=%d bytes=%d mode=%s lang=%s blocks=%d "
+                    "tokens=%d batch=%d latency_ms=%.1f", rid, len(req.images), req.n_bytes, job.mode, job.language,
+                    handle.blocks, len(r.tokens), handle.rows_in_step, latency * 1000)  # fmt: skip
+        final = report_response(r, job.language, self.model_name, latency, handle.rows_in_step)
+        yield sse_event("final", {**final, "blocks": handle.blocks})
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
@@ -237,9 +313,21 @@ class ReportService:
             "default_max_new_tokens": g.cfg.max_new_tokens, "max_new_tokens_limit": c.max_new_tokens_limit,
             "limits": {"max_body_bytes": c.max_body_bytes, "max_images": c.max_images, "max_pixels": c.max_pixels,
                        "decode_timeout_s": c.decode_timeout_s},
-            "batching": {"max_batch_size": c.max_batch_size, "batch_wait_timeout_s": c.batch_wait_timeout_s},
+            "batching": self._batching_settings(),
         }  # fmt: skip
-        return {"object": "list", "data": [model], "replica": replica, "batching": self.stats.as_dict()}
+        return {"object": "list", "data": [model], "replica": replica, "batching": self._batching_state()}
+
+    def _batching_settings(self) -> dict:
+        c = self.cfg
+        if self.cont is None:
+            return {"mode": "static", "max_batch_size": c.max_batch_size, "batch_wait_timeout_s": c.batch_wait_timeout_s}
+        return {"mode": "continuous", "slots": self.cont.scheduler.slots, "max_queue": c.max_queue}
+
+    def _batching_state(self) -> dict:
+        """Observed batching: slots in use, queue length, rows per step (continuous) or batch sizes."""
+        if self.cont is None:
+            return {"mode": "static", **self.stats.as_dict()}
+        return {"mode": "continuous", **self.cont.scheduler.snapshot()}
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(self, request: Request) -> HTMLResponse:
