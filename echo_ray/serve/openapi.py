@@ -26,6 +26,16 @@ STREAM_DOC = (
     "`event: error` (`error`, `status`, `request_id`) when the decode hits the time limit."
 )
 
+# Before OpenAPI 3.2 (`itemSchema`), the schema of a text/event-stream describes one event.
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["block", "final", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "one JSON object"},
+    },
+}
+
 
 def _request_body(limits: Any) -> dict[str, Any]:
     b64_max = (limits.max_body_bytes * 4) // 3 + 4
@@ -70,5 +80,5 @@ def service_openapi(app: Any, limits: Any, auth_on: bool) -> dict[str, Any]:
         doc["paths"][path]["post"]["requestBody"] = body
     ok = doc["paths"]["/v1/reports/stream"]["post"]["responses"]["200"]
     ok["description"] = STREAM_DOC
-    ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    ok["content"] = {"text/event-stream": {"schema": EVENT_SCHEMA}}
     return doc
