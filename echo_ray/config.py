@@ -299,9 +299,17 @@ class ServeConfig:
 
 
 @dataclass
+class StorageConfig:
+    # Absolute directory or s3:// prefix that every stage shares: relative data/output paths resolve
+    # against it. Required for relative paths under a Ray job (see echo_ray/storage.py).
+    root: str = ""
+
+
+@dataclass
 class EchoConfig:
     """The whole tree; YAML files set any subset of it."""
 
+    storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
