@@ -109,10 +109,13 @@ def _pick_device(choice: str) -> str:
     return choice
 
 
-def _processor_pixels(processor) -> int | None:
-    """Twice the pixels the image processor resizes to: images are reduced to about this on decode."""
+MIN_REDUCE_PIXELS = 4_000_000  # images up to this reach the processor untouched (same input as offline decoding)
+
+
+def _processor_pixels(processor) -> int:
+    """Pixels large images are reduced to on decode: 4x what the processor resizes to, at least 4 M."""
     most = getattr(processor, "max_pixels", None) or (getattr(processor, "size", None) or {}).get("longest_edge")
-    return 2 * int(most) if most else None
+    return max(4 * int(most or 0), MIN_REDUCE_PIXELS)
 
 
 def _model_name(path: str) -> str:
