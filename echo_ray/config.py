@@ -303,16 +303,30 @@ class ServeConfig:
     max_images: int = 4
     max_pixels: int = 40_000_000
     decode_timeout_s: float = 60.0
-    auth_token_env: str = "ECHO_API_TOKEN"  # env var holding the bearer token; unset or empty = no auth
+    auth_token_env: str = "ECHO_API_TOKEN"  # replica-process env var holding the bearer token; unset = no auth
+    auth_token_file: str = ""  # file holding the token (mode 0600, checked); wins over auth_token_env
+    body_timeout_s: float = 5.0  # a request body must arrive within this + per_mb per MB (408 after)
+    body_timeout_per_mb_s: float = 2.0
+    body_timeout_max_s: float = 60.0
+    max_request_pixels: int = 100_000_000  # all images of one request together (413 above)
+    max_replica_pixels: int = 200_000_000  # images being decoded at once in one replica; the rest wait
     max_new_tokens_limit: int = 512  # largest max_new_tokens a request may ask for (422 above)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when the replica has a GPU
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 @dataclass
+class StorageConfig:
+    # Absolute directory or s3:// prefix that every stage shares: relative data/output paths resolve
+    # against it. Required for relative paths under a Ray job (see echo_ray/storage.py).
+    root: str = ""
+
+
+@dataclass
 class EchoConfig:
     """The whole tree; YAML files set any subset of it."""
 
+    storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)

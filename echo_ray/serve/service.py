@@ -13,7 +13,11 @@ Either way the event loop keeps answering /healthz while decoding runs. Logs car
 request id, sizes and timings, never report text or image bytes (patient data).
 
 Routes: POST /v1/reports, POST /v1/reports/stream, GET /healthz, /readyz, /v1/models, / (web page),
-and FastAPI's /docs (OpenAPI). Errors are JSON ``{"error", "status", "request_id"}``.
+/openapi.json and /docs (`openapi.py`). Errors are JSON ``{"error", "status", "request_id"}``.
+Hardening (issue 12): body deadline (408, `inputs.read_body`; `body_guard.py` does it in the proxy),
+pixel limits from image headers and a per-replica pixel budget (`pixel_budget.py`), the token from
+a private file or the node's environment (`auth.py`), log text escaped (`logsafe.py`), a client
+disconnect logged as one INFO line.
 
 Usage (see app.py for the import-path entry):
     serve.run(ReportService.bind(ServeConfig(model="runs/dcd/final"), DecodeConfig(), PromptConfig()))
@@ -21,9 +25,7 @@ Usage (see app.py for the import-path entry):
 
 # No `from __future__ import annotations`: FastAPI must resolve `Request` on the methods Serve rewraps.
 import asyncio
-import hmac
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,20 +34,26 @@ from pathlib import PurePosixPath
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
 from ray import serve
+from starlette.requests import ClientDisconnect
 
 from echo_ray.config import DecodeConfig, PromptConfig, ServeConfig
 from echo_ray.decode.generator import ReportGenerator
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.serve.batching import BatchStats, DecodeJob, Outcome, decode_jobs, group_jobs, start_generation
+from echo_ray.serve.auth import check_bearer, load_token
+from echo_ray.serve.body_guard import body_deadline_s
 from echo_ray.serve.continuous import ContinuousDecoder, Overloaded, RowHandle
-from echo_ray.serve.inputs import Limits, ReportRequest, decode_images, parse_body, read_body
+from echo_ray.serve.inputs import Limits, ReportRequest, decode_images, inspect_images, parse_body, read_body
+from echo_ray.serve.logsafe import clean
 from echo_ray.serve.metrics import SchedulerMetrics
-from echo_ray.serve.schemas import (ERROR_RESPONSES, REPORT_REQUEST_DOC, ApiError, ErrorResponse, ReportResponse,
-                                    report_response)
+from echo_ray.serve.openapi import service_openapi
+from echo_ray.serve.pixel_budget import PixelBudget, trim_heap
+from echo_ray.serve.schemas import ERROR_RESPONSES, ApiError, ErrorResponse, ReportResponse, report_response
 from echo_ray.serve.sse import block_payload, row_block_payload, sse_event
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger stamps request ids and writes replica logs
@@ -54,7 +62,11 @@ api = FastAPI(
     title="ECHO chest X-ray report service",
     description="Block-diffusion report generation (one forward per block). Upload 1-4 images, get a report.",
     version="0.1.0",
+    openapi_url=None,  # served by the replica with its configured limits (see `openapi_json`)
+    docs_url=None,
+    redoc_url=None,
 )
+TRIM_AFTER_PIXELS = 4_000_000  # hand freed heap back to the OS after decoding images this large
 
 
 def request_id(request: Request) -> str:
@@ -63,13 +75,14 @@ def request_id(request: Request) -> str:
         rid = serve.context._get_serve_request_context().request_id  # no public accessor in Ray 2.60
     except Exception:
         rid = ""
-    return rid or request.headers.get("x-request-id", "")[:64]
+    return rid or clean(request.headers.get("x-request-id", ""), 64)
 
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     rid = request_id(request)
-    logger.info("request_id=%s path=%s status=%d refused: %s", rid, request.url.path, exc.status, exc.log_message)
+    logger.info("request_id=%s path=%s status=%d refused: %s", rid, clean(request.url.path, 80), exc.status,
+                clean(exc.log_message))  # fmt: skip
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     if isinstance(exc, Overloaded):
         headers = {"Retry-After": str(exc.retry_after_s)}
@@ -78,13 +91,22 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return await _api_error(request, ApiError(422, str(exc.errors()[:1])))
+    first = (exc.errors() or [{}])[0]  # never the input value: it is the client's data
+    where = ".".join(str(p) for p in first.get("loc", ()))[:80]
+    return await _api_error(request, ApiError(422, f"{where}: {first.get('msg', 'invalid')}", "request validation failed"))
+
+
+@api.exception_handler(ClientDisconnect)
+async def _client_left(request: Request, exc: ClientDisconnect) -> Response:
+    """Not a server error: one INFO line, no traceback; nobody reads the response."""
+    logger.info("request_id=%s path=%s client disconnected", request_id(request), clean(request.url.path, 80))
+    return Response(status_code=499)
 
 
 @api.exception_handler(Exception)
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
     rid = request_id(request)
-    logger.exception("request_id=%s path=%s internal error %s", rid, request.url.path, exc.__class__.__name__)
+    logger.exception("request_id=%s path=%s internal error %s", rid, clean(request.url.path, 80), exc.__class__.__name__)
     return JSONResponse({"error": f"internal error ({exc.__class__.__name__})", "status": 500, "request_id": rid}, 500)
 
 
@@ -94,6 +116,15 @@ def _pick_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice
+
+
+MIN_REDUCE_PIXELS = 4_000_000  # images up to this reach the processor untouched (same input as offline decoding)
+
+
+def _processor_pixels(processor) -> int:
+    """Pixels large images are reduced to on decode: 4x what the processor resizes to, at least 4 M."""
+    most = getattr(processor, "max_pixels", None) or (getattr(processor, "size", None) or {}).get("longest_edge")
+    return max(4 * int(most or 0), MIN_REDUCE_PIXELS)
 
 
 def _model_name(path: str) -> str:
@@ -123,8 +154,11 @@ class ReportService:
         ckpt = load_checkpoint(cfg.model, dtype=cfg.dtype, device=_pick_device(cfg.device))
         self.gen = ReportGenerator(ckpt, decode, prompt)
         self.model_name = _model_name(cfg.model)
-        self.limits = Limits(cfg.max_body_bytes, cfg.max_images, cfg.max_pixels, cfg.max_new_tokens_limit)
-        self.token = os.environ.get(cfg.auth_token_env, "") if cfg.auth_token_env else ""
+        self.limits = Limits(cfg.max_body_bytes, cfg.max_images, cfg.max_pixels, cfg.max_new_tokens_limit,
+                             cfg.max_request_pixels, _processor_pixels(ckpt.image_processor))  # fmt: skip
+        self.token = load_token(cfg)
+        self.pixels = PixelBudget(cfg.max_replica_pixels)
+        self._openapi: dict | None = None
         self.cont: ContinuousDecoder | None = None
         if cfg.batching == "continuous":
             engine = self.gen.engine  # the replica's one set of K/V slots; the scheduler is its only user
@@ -167,19 +201,27 @@ class ReportService:
             raise RuntimeError("report service replica is not ready")
 
     def _authorize(self, request: Request) -> None:
-        if not self.token:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-            raise ApiError(401, "missing or invalid bearer token (send 'Authorization: Bearer <token>')")
+        check_bearer(request.headers.get("authorization", ""), self.token)
+
+    def _body_deadline(self, request: Request) -> float:
+        c = self.cfg
+        length = request.headers.get("content-length")
+        n = int(length) if length and length.isdigit() else None
+        return body_deadline_s(n, c.body_timeout_s, c.body_timeout_per_mb_s, c.body_timeout_max_s)
 
     async def _parse(self, request: Request) -> ReportRequest:
         self._authorize(request)
-        body = await read_body(request.stream(), request.headers.get("content-length"), self.limits.max_body_bytes)
+        length = request.headers.get("content-length")
+        body = await read_body(request.stream(), length, self.limits.max_body_bytes, self._body_deadline(request))
         parsed = await parse_body(request.headers, body, self.limits)
-        # Image decoding is CPU work: keep it off the event loop (and off the model's worker thread).
-        return await asyncio.to_thread(decode_images, parsed, self.limits.max_pixels)
+        del body
+        pixels = inspect_images(parsed, self.limits)  # headers only: 413 before any pixel is decoded
+        async with self.pixels.hold(pixels):
+            # Image decoding is CPU work: keep it off the event loop (and off the model's worker thread).
+            req = await asyncio.to_thread(decode_images, parsed, self.limits)
+        if pixels > TRIM_AFTER_PIXELS:
+            trim_heap()
+        return req
 
     def _job(self, req: ReportRequest) -> DecodeJob:
         f = req.fields
@@ -192,7 +234,7 @@ class ReportService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, decode_jobs, self.gen, jobs, self.cfg.decode_timeout_s)
 
-    @api.post("/v1/reports", response_model=ReportResponse, responses=ROUTE_ERRORS, openapi_extra=REPORT_REQUEST_DOC)
+    @api.post("/v1/reports", response_model=ReportResponse, responses=ROUTE_ERRORS)
     async def create_report(self, request: Request) -> dict:
         """Generate one report for 1-4 images (multipart upload or JSON with base64 images)."""
         t0 = time.perf_counter()
@@ -221,7 +263,7 @@ class ReportService:
         return await self.cont.open(job.images, job.language, job.mode, job.max_new_tokens, job.deadline,
                                     tag=request_id(request))  # fmt: skip
 
-    @api.post("/v1/reports/stream", responses=ROUTE_ERRORS, openapi_extra=REPORT_REQUEST_DOC)
+    @api.post("/v1/reports/stream", responses=ROUTE_ERRORS)
     async def stream_report(self, request: Request) -> StreamingResponse:
         """The same request, answered as server-sent events: `block` per finished block, then `final`."""
         t0 = time.perf_counter()
@@ -328,6 +370,17 @@ class ReportService:
         if self.cont is None:
             return {"mode": "static", **self.stats.as_dict()}
         return {"mode": "continuous", **self.cont.scheduler.snapshot()}
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(self, request: Request) -> JSONResponse:
+        if self._openapi is None:
+            self._openapi = service_openapi(request.app, self.limits, auth_on=bool(self.token))
+        return JSONResponse(self._openapi)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=api.title)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(self, request: Request) -> HTMLResponse:
