@@ -167,12 +167,15 @@ class ReportGenerator:
         language = language or cfg.language
         prompts = self.prompts(studies, language)
         longest = max(p.length for p in prompts)
-        if longest + cfg.max_new_tokens > self.max_context:
+        on_engine = cfg.engine == "static" and cfg.cache != "none"
+        limit = min(self.max_context, cfg.slots.max_len) if on_engine else self.max_context
+        if longest + cfg.max_new_tokens > limit:
+            where = "the model context" if limit == self.max_context else "the decode engine's slot context"
             raise InputError(
-                f"prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} exceeds the model context "
-                f"of {self.max_context} tokens"
+                f"prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} exceeds {where} of {limit} "
+                f"tokens (model context {self.max_context}, decode.slots.max_len {cfg.slots.max_len})"
             )
-        if cfg.engine == "static" and cfg.cache != "none":
+        if on_engine:
             run = EngineBatch(self.engine, prompts, RowMode.from_decode(cfg), cfg.max_new_tokens)
             return Generation(self, len(prompts), run, cfg, t0)
         block = 1 if cfg.mode == "ar" else int(cfg.block_size)
