@@ -98,6 +98,11 @@ def upload_dir(local: str | Path, uri: str) -> int:
     return n
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as printed to users: s3:// as is, local paths absolute (so a job's output is findable)."""
+    return str(path) if is_s3(str(path)) else str(Path(path).expanduser().resolve())
+
+
 def under_ray_job() -> bool:
     """True inside a `ray job submit` entrypoint, whose cwd is Ray's temporary copy of --working-dir."""
     return bool(os.environ.get(RAY_JOB_ENV))

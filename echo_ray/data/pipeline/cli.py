@@ -22,7 +22,7 @@ from echo_ray.commands import add_config_args
 from echo_ray.commands import config_from_args as load_tree
 from echo_ray.config import NormalizeConfig, SourceSpec
 from echo_ray.errors import ConfigError
-from echo_ray.storage import resolve_stage_path
+from echo_ray.storage import resolve_stage_path, shown_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def run_normalize(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     manifest = run_pipeline(cfg)  # EchoError: one line and exit 2 (echo_ray.cli)
     print(summary_text(manifest))
-    out = cfg.output if "://" in cfg.output else str(Path(cfg.output).resolve())
+    out = shown_path(cfg.output)
     print(f"normalized data: {out} (manifest: {out}/manifest.json)")
     return 0
 
