@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from echo_ray.commands import add_config_args
 from echo_ray.commands import config_from_args as load_tree
