@@ -10,7 +10,6 @@ import asyncio
 import io
 import logging
 import socket
-import threading
 import time
 from pathlib import Path
 
