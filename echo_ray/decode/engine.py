@@ -150,6 +150,8 @@ class DecodeEngine:
         P = int(ids.shape[0])
         grid = p.image_grid_thw.to(self.device)
         pos, delta = prompt_positions(self.model, ids, grid)
+        if delta > 0:  # M-RoPE never runs ahead of the token index; the step's RoPE table relies on it
+            raise ValueError(f"prompt positions run {delta} ahead of the token index; the engine needs delta <= 0")
         feats = image_features(self.model, p.pixel_values.to(self.device), grid) if p.pixel_values.numel() else None
         n_pre = P if mode.kind == "ar" else (P // B) * B
         f0 = self.stats.forwards
@@ -289,8 +291,8 @@ class DecodeEngine:
         live = [r for r, ev in zip(rows, events) if not ev.finished]
         if live:
             sel = self.table.selector([r.slot for r in live])
-            key_len = max(r.start for r in live) + 1
-            logits = self.runner.run(sel, len(live), 1, "ar", key_len)
+            starts = {r.start for r in live}
+            logits = self.runner.run(sel, len(live), 1, "ar", max(starts) + 1, full=len(starts) == 1)
             self.stats.forwards += 1
             self.table.cur[sel, 0] = logits[:, -1].float().argmax(dim=-1)
             self.table.pos0[sel] += 1
