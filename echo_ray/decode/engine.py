@@ -250,7 +250,8 @@ class DecodeEngine:
             self.runner.run(sel, n, B, "write", key_len - B)
             self.stats.forwards += 1
         plan = planned_steps(sampler, [B - r.tail for r in rows], B)
-        rec = _Recorder(n, B, mode.record_topk, self.device)
+        want_trace = bool(mode.record_topk) or mode.kind == "multistep"
+        rec = _Recorder(n, B, mode.record_topk, self.device) if want_trace else None
         step = 0
         while (step < plan) if plan is not None else bool(masked.any()):
             if plan is None:
@@ -263,12 +264,12 @@ class DecodeEngine:
             conf, tok = logp.max(dim=-1)
             commit = sampler.select(conf.exp(), masked, step) & masked
             t.cur[sel, :B] = torch.where(commit, tok, t.cur[sel, :B])
-            rec.commit(commit, step, logp)
+            if rec is not None:
+                rec.commit(commit, step, logp)
             masked &= ~commit
             step += 1
         cur = t.cur[sel, :B].clone()
         toks = self._read(cur)
-        want_trace = bool(mode.record_topk) or mode.kind == "multistep"
         events = []
         for i, r in enumerate(rows):
             r.forwards += self.stats.forwards - f0

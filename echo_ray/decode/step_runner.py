@@ -24,7 +24,6 @@ import torch
 
 from echo_ray.config import SlotsConfig
 from echo_ray.decode.slots import MAX_BLOCK, SlotTable
-from echo_ray.model.forward import embed
 import torch.nn.functional as F
 
 from echo_ray.model.slot_forward import SlotKV, SlotWeights, block_vis_end, slot_forward
@@ -43,8 +42,10 @@ class StepRunner:
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.replays = 0
         # Text positions of every slot position (pos + delta, delta <= 0) index this table.
+        # The weights are snapshotted once (the engine decodes a frozen model; `refresh` after changing it).
+        self.weights = SlotWeights.of(model)
         probe = torch.zeros((1, 1, 1), dtype=model.dtype, device=model.device)
-        self.rope = SlotWeights.of(model).text_rope_table(kv.length, probe)
+        self.rope = self.weights.text_rope_table(kv.length, probe)
         self.cols = torch.arange(2 * MAX_BLOCK, device=model.device)
 
     def _compute(self, sel, B: int, kind: str, key_len: int, full: bool = False) -> torch.Tensor:
@@ -68,8 +69,13 @@ class StepRunner:
         text = (pos + t.delta[sel][:, None]).clamp_(min=0)  # < 0 only on trash-bound stale columns
         rope = F.embedding(text, self.rope[0]), F.embedding(text, self.rope[1])
         vis_end = None if full else block_vis_end(pos, B)
-        return self.fwd(self.model, self.kv, sel, embed(self.model, ids), None, write, vis_end, key_len, read,
-                        rope)  # fmt: skip
+        emb = F.embedding(ids, self.weights.embed)
+        return self.fwd(self.model, self.kv, sel, emb, None, write, vis_end, key_len, read, rope, self.weights)
+
+    def refresh(self) -> None:
+        """Re-read the model's weights (after they changed; CUDA graphs are dropped)."""
+        self.weights = SlotWeights.of(self.model)
+        self.graphs.clear()
 
     def run(self, sel, n: int, B: int, kind: str, key_len: int, full: bool = False) -> torch.Tensor:
         """Logits (n, Q_read, V) of one forward over the slots `sel` (n rows). `full`: the caller knows

@@ -97,6 +97,7 @@ class SlotWeights:
         self.layers = [self._layer(layer) for layer in lm.layers]
         self.norm, self.norm_eps = lm.norm.weight, lm.norm.variance_epsilon
         self.lm_head = model.lm_head.weight
+        self.embed = model.get_input_embeddings().weight
         self.rotary = lm.rotary_emb
 
     def _layer(self, layer) -> tuple:
@@ -192,6 +193,7 @@ def slot_forward(
     key_len: int,
     read: slice | torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weights: SlotWeights | None = None,
 ) -> torch.Tensor:
     """Run the LM over slots `rows`, writing K/V at `write_pos`; logits of the `read` query columns.
 
@@ -200,9 +202,10 @@ def slot_forward(
     write_pos: (N, Q) long; vis_end: (N, Q) long (every query sees keys j < vis_end) or None when
     every query sees all key_len keys; key_len: keys read per row (>= every vis_end); read: a slice
     of query columns or an (N,) long tensor of one column per row. Returns logits (N, n_read, V) in
-    the model dtype.
+    the model dtype. `weights`: a `SlotWeights` the caller keeps (the engine's snapshot); default the
+    cached `SlotWeights.of(model)` (checked against the parameters on every call).
     """
-    W = SlotWeights.of(model)
+    W = weights or SlotWeights.of(model)
     n, q_len, _ = embeds.shape
     dev = embeds.device
     first = torch.arange(rows.start, rows.stop, device=dev) if isinstance(rows, slice) else rows
