@@ -139,11 +139,26 @@ class DecodeEngine:
         if len(requests) > self.free_slots:
             raise EngineFull(f"{len(requests)} rows asked but only {self.free_slots} of {self.cfg.max_rows} slots free")
         t0 = time.perf_counter()
-        ids = [self._admit_one(req) for req in requests]
+        feats = self._image_features(requests)
+        ids = [self._admit_one(req, f) for req, f in zip(requests, feats)]
         self.stats.prefill_s += time.perf_counter() - t0
         return ids
 
-    def _admit_one(self, req: RowRequest) -> int:
+    def _image_features(self, requests: list[RowRequest]) -> list[torch.Tensor | None]:
+        """One vision-tower call for every new row's images (as collate_prompts); per-row slices."""
+        with_px = [r.prompt for r in requests if r.prompt.pixel_values.numel()]
+        if not with_px:
+            return [None] * len(requests)
+        px = torch.cat([p.pixel_values for p in with_px]).to(self.device)
+        feats = image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
+        img = self.model.config.image_token_id
+        counts = [int((r.prompt.input_ids == img).sum()) if r.prompt.pixel_values.numel() else 0 for r in requests]
+        if sum(counts) != feats.shape[0]:
+            raise ValueError(f"{sum(counts)} image placeholder tokens but {feats.shape[0]} image features")
+        parts = list(torch.split(feats, counts))
+        return [part if r.prompt.pixel_values.numel() else None for part, r in zip(parts, requests)]
+
+    def _admit_one(self, req: RowRequest, feats: torch.Tensor | None) -> int:
         mode, p = req.mode, req.prompt
         B = mode.block_size
         ids = p.input_ids.to(self.device)
@@ -152,7 +167,6 @@ class DecodeEngine:
         pos, delta = prompt_positions(self.model, ids, grid)
         if delta > 0:  # M-RoPE never runs ahead of the token index; the step's RoPE table relies on it
             raise ValueError(f"prompt positions run {delta} ahead of the token index; the engine needs delta <= 0")
-        feats = image_features(self.model, p.pixel_values.to(self.device), grid) if p.pixel_values.numel() else None
         n_pre = P if mode.kind == "ar" else (P // B) * B
         f0 = self.stats.forwards
         state = RowState(self._next_row, req.tag, mode, req.max_new_tokens, slot=-1, start=n_pre, tail=P - n_pre)
