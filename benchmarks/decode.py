@@ -11,6 +11,14 @@ vanilla == no-cache recompute for one-step and multi-step, and engine == referen
 in float64 so that mathematically
 equal paths cannot differ by rounding.
 
+What is timed (the same on every side): the whole decode of a batch from `StudyPrompt`s to tokens,
+i.e. image encoding (one vision-tower call for the batch: `collate_prompts` on the reference,
+`DecodeEngine.admit` on the engine), the prompt prefill and every decode step. AR and the block
+modes both run on the same engine (`ar` is `RowMode("ar")`: the same slot forward, one token per
+forward), so `onestep_fused_vs_ar` compares equal work per token. Model load, the tiny checkpoint
+and slot allocation happen once, outside the timed region; one untimed warm-up decode precedes the
+`--repeats` timed ones (median). On a shared machine run it a few times: the ratios move with load.
+
 Shapes: `tiny` (the CPU preset with phantom images) and `7b` (GPU only: a randomly initialized
 Qwen2.5-7B-shaped language model in bf16 with a small vision tower, 1,024-token prompt, 256 new
 tokens; no weights are needed to time it).

@@ -139,18 +139,34 @@ class DecodeEngine:
         if len(requests) > self.free_slots:
             raise EngineFull(f"{len(requests)} rows asked but only {self.free_slots} of {self.cfg.max_rows} slots free")
         t0 = time.perf_counter()
-        ids = [self._admit_one(req) for req in requests]
+        feats = self._image_features(requests)
+        ids = [self._admit_one(req, f) for req, f in zip(requests, feats)]
         self.stats.prefill_s += time.perf_counter() - t0
         return ids
 
-    def _admit_one(self, req: RowRequest) -> int:
+    def _image_features(self, requests: list[RowRequest]) -> list[torch.Tensor | None]:
+        """One vision-tower call for every new row's images (as collate_prompts); per-row slices."""
+        with_px = [r.prompt for r in requests if r.prompt.pixel_values.numel()]
+        if not with_px:
+            return [None] * len(requests)
+        px = torch.cat([p.pixel_values for p in with_px]).to(self.device)
+        feats = image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
+        img = self.model.config.image_token_id
+        counts = [int((r.prompt.input_ids == img).sum()) if r.prompt.pixel_values.numel() else 0 for r in requests]
+        if sum(counts) != feats.shape[0]:
+            raise ValueError(f"{sum(counts)} image placeholder tokens but {feats.shape[0]} image features")
+        parts = list(torch.split(feats, counts))
+        return [part if r.prompt.pixel_values.numel() else None for part, r in zip(parts, requests)]
+
+    def _admit_one(self, req: RowRequest, feats: torch.Tensor | None) -> int:
         mode, p = req.mode, req.prompt
         B = mode.block_size
         ids = p.input_ids.to(self.device)
         P = int(ids.shape[0])
         grid = p.image_grid_thw.to(self.device)
         pos, delta = prompt_positions(self.model, ids, grid)
-        feats = image_features(self.model, p.pixel_values.to(self.device), grid) if p.pixel_values.numel() else None
+        if delta > 0:  # M-RoPE never runs ahead of the token index; the step's RoPE table relies on it
+            raise ValueError(f"prompt positions run {delta} ahead of the token index; the engine needs delta <= 0")
         n_pre = P if mode.kind == "ar" else (P // B) * B
         f0 = self.stats.forwards
         state = RowState(self._next_row, req.tag, mode, req.max_new_tokens, slot=-1, start=n_pre, tail=P - n_pre)
@@ -248,7 +264,8 @@ class DecodeEngine:
             self.runner.run(sel, n, B, "write", key_len - B)
             self.stats.forwards += 1
         plan = planned_steps(sampler, [B - r.tail for r in rows], B)
-        rec = _Recorder(n, B, mode.record_topk, self.device)
+        want_trace = bool(mode.record_topk) or mode.kind == "multistep"
+        rec = _Recorder(n, B, mode.record_topk, self.device) if want_trace else None
         step = 0
         while (step < plan) if plan is not None else bool(masked.any()):
             if plan is None:
@@ -261,12 +278,12 @@ class DecodeEngine:
             conf, tok = logp.max(dim=-1)
             commit = sampler.select(conf.exp(), masked, step) & masked
             t.cur[sel, :B] = torch.where(commit, tok, t.cur[sel, :B])
-            rec.commit(commit, step, logp)
+            if rec is not None:
+                rec.commit(commit, step, logp)
             masked &= ~commit
             step += 1
         cur = t.cur[sel, :B].clone()
         toks = self._read(cur)
-        want_trace = bool(mode.record_topk) or mode.kind == "multistep"
         events = []
         for i, r in enumerate(rows):
             r.forwards += self.stats.forwards - f0
@@ -289,8 +306,8 @@ class DecodeEngine:
         live = [r for r, ev in zip(rows, events) if not ev.finished]
         if live:
             sel = self.table.selector([r.slot for r in live])
-            key_len = max(r.start for r in live) + 1
-            logits = self.runner.run(sel, len(live), 1, "ar", key_len)
+            starts = {r.start for r in live}
+            logits = self.runner.run(sel, len(live), 1, "ar", max(starts) + 1, full=len(starts) == 1)
             self.stats.forwards += 1
             self.table.cur[sel, 0] = logits[:, -1].float().argmax(dim=-1)
             self.table.pos0[sel] += 1

@@ -23,9 +23,10 @@ from __future__ import annotations
 import torch
 
 from echo_ray.config import SlotsConfig
-from echo_ray.decode.slots import SlotTable
-from echo_ray.model.forward import embed
-from echo_ray.model.slot_forward import SlotKV, block_vis_end, slot_forward
+from echo_ray.decode.slots import MAX_BLOCK, SlotTable
+import torch.nn.functional as F
+
+from echo_ray.model.slot_forward import SlotKV, SlotWeights, block_vis_end, slot_forward
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 KEY_ROUND = 256
@@ -40,8 +41,14 @@ class StepRunner:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.replays = 0
+        # Text positions of every slot position (pos + delta, delta <= 0) index this table.
+        # The weights are snapshotted once (the engine decodes a frozen model; `refresh` after changing it).
+        self.weights = SlotWeights.of(model)
+        probe = torch.zeros((1, 1, 1), dtype=model.dtype, device=model.device)
+        self.rope = self.weights.text_rope_table(kv.length, probe)
+        self.cols = torch.arange(2 * MAX_BLOCK, device=model.device)
 
-    def _compute(self, sel, B: int, kind: str, key_len: int) -> torch.Tensor:
+    def _compute(self, sel, B: int, kind: str, key_len: int, full: bool = False) -> torch.Tensor:
         t = self.table
         if kind == "fused":
             ids, start, read = torch.cat([t.prev[sel, :B], t.cur[sel, :B]], dim=1), t.pos0[sel] - B, slice(B, 2 * B)
@@ -53,21 +60,29 @@ class StepRunner:
             ids, start, read = t.cur[sel, :1], t.pos0[sel], slice(0, 1)
         else:
             raise ValueError(f"unknown forward kind {kind!r}; expected one of {KINDS}")
-        cols = torch.arange(ids.shape[1], device=ids.device)
+        cols = self.cols[: ids.shape[1]]
         pos = start[:, None] + cols
         write = pos
         if kind in ("fused", "write"):
             stale = (cols < B)[None] & ~t.has_prev[sel][:, None]
             write = torch.where(stale, self.trash + cols, pos)
-        positions = (pos + t.delta[sel][:, None])[None].expand(3, -1, -1)
-        return self.fwd(self.model, self.kv, sel, embed(self.model, ids), positions, write, block_vis_end(pos, B),
-                        key_len, read)  # fmt: skip
+        text = (pos + t.delta[sel][:, None]).clamp_(min=0)  # < 0 only on trash-bound stale columns
+        rope = F.embedding(text, self.rope[0]), F.embedding(text, self.rope[1])
+        vis_end = None if full else block_vis_end(pos, B)
+        emb = F.embedding(ids, self.weights.embed)
+        return self.fwd(self.model, self.kv, sel, emb, None, write, vis_end, key_len, read, rope, self.weights)
 
-    def run(self, sel, n: int, B: int, kind: str, key_len: int) -> torch.Tensor:
-        """Logits (n, Q_read, V) of one forward over the slots `sel` (n rows)."""
+    def refresh(self) -> None:
+        """Re-read the model's weights (after they changed; CUDA graphs are dropped)."""
+        self.weights = SlotWeights.of(self.model)
+        self.graphs.clear()
+
+    def run(self, sel, n: int, B: int, kind: str, key_len: int, full: bool = False) -> torch.Tensor:
+        """Logits (n, Q_read, V) of one forward over the slots `sel` (n rows). `full`: the caller knows
+        every query sees all key_len keys (AR rows at one position), so no mask is built (eager only)."""
         if self.use_graphs and isinstance(sel, slice) and sel.start == 0:
             return self._replay(n, B, kind, key_len)
-        return self._compute(sel, B, kind, key_len)
+        return self._compute(sel, B, kind, key_len, full)
 
     def _bucket(self, n: int) -> int:
         fits = [b for b in BUCKETS if n <= b <= self.table.max_rows]
