@@ -1,10 +1,23 @@
 """Decode speed, side by side in one run: AR vs multi-step vs one-step (vanilla and fused KV).
 
-Measures tokens/s, forwards per report and latency at batch 1 and 16. Every decoder generates
+Measures tokens/s, forwards per report and latency at batch 1 and 16 on the static-slot
+`DecodeEngine` (the keys without prefix, AR included) and on the reference decoders
+(`reference_*` twins), plus `engine_vs_reference` (kind -> batch -> tok/s ratio) and
+`mixed_length` (32 rows with budgets drawn from 32..256: the engine admits rows as others finish,
+the reference decodes fixed batches that wait for their longest row). Every decoder generates
 exactly `--max-new` tokens per row (EOS is disabled: random weights would stop at arbitrary
 places), so the comparison is per token of equal work. `identical_tokens` checks fused ==
-vanilla == no-cache recompute for one-step and multi-step, in float64 so that mathematically
+vanilla == no-cache recompute for one-step and multi-step, and engine == reference (AR included),
+in float64 so that mathematically
 equal paths cannot differ by rounding.
+
+What is timed (the same on every side): the whole decode of a batch from `StudyPrompt`s to tokens,
+i.e. image encoding (one vision-tower call for the batch: `collate_prompts` on the reference,
+`DecodeEngine.admit` on the engine), the prompt prefill and every decode step. AR and the block
+modes both run on the same engine (`ar` is `RowMode("ar")`: the same slot forward, one token per
+forward), so `onestep_fused_vs_ar` compares equal work per token. Model load, the tiny checkpoint
+and slot allocation happen once, outside the timed region; one untimed warm-up decode precedes the
+`--repeats` timed ones (median). On a shared machine run it a few times: the ratios move with load.
 
 Shapes: `tiny` (the CPU preset with phantom images) and `7b` (GPU only: a randomly initialized
 Qwen2.5-7B-shaped language model in bf16 with a small vision tower, 1,024-token prompt, 256 new
@@ -21,6 +34,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -30,9 +44,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from echo_ray.config import SlotsConfig  # noqa: E402
 from echo_ray.decode.ar import ARDecoder  # noqa: E402
 from echo_ray.decode.batch import collate_prompts  # noqa: E402
 from echo_ray.decode.blockwise import BlockDecoder  # noqa: E402
+from echo_ray.decode.engine import DecodeEngine, RowMode  # noqa: E402
+from echo_ray.decode.engine_batch import EngineBatch  # noqa: E402
 from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler  # noqa: E402
 from echo_ray.model.prompt import StudyPrompt  # noqa: E402
 
@@ -87,6 +104,16 @@ def shape7b_setup(device: str, prompt_len: int):
     return model, mask_id, pad_id, prompts
 
 
+KINDS = ("ar", "multistep_fused", "onestep_vanilla", "onestep_fused")
+
+
+def row_mode(kind: str, B: int) -> RowMode:
+    if kind == "ar":
+        return RowMode("ar")
+    cache = "vanilla" if kind.endswith("vanilla") else "fused"
+    return RowMode("multistep", B, steps=B, cache=cache) if kind.startswith("multistep") else RowMode("onestep", B, cache=cache)
+
+
 def make_decoder(kind: str, model, mask_id: int, B: int, max_new: int):
     if kind == "ar":
         return ARDecoder(model, NO_EOS, max_new)
@@ -95,40 +122,69 @@ def make_decoder(kind: str, model, mask_id: int, B: int, max_new: int):
     return BlockDecoder(model, mask_id, NO_EOS, B, sampler, cache, max_new)
 
 
-def run_once(kind, model, mask_id, pad_id, prompts, B, max_new):
-    block = 1 if kind == "ar" else B
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    batch = collate_prompts(model, prompts, block, pad_id, mask_id)
-    dec = make_decoder(kind, model, mask_id, B, max_new)
-    toks = [[] for _ in prompts]
-    for ev in dec.stream(batch):
-        for i, t in enumerate(ev.tokens):
-            toks[i].extend(t)
-    sync()
-    return time.perf_counter() - t0, dec.stats.forwards, toks
+class Bench:
+    """Model, prompts and one engine (slots allocated once) shared by every measurement."""
+
+    def __init__(self, model, mask_id, pad_id, prompts, B, max_new, repeats, max_rows):
+        self.model, self.mask_id, self.pad_id, self.prompts = model, mask_id, pad_id, prompts
+        self.B, self.max_new, self.repeats = B, max_new, repeats
+        longest = max(p.length for p in prompts) + 256 + 2 * B
+        self.slots = SlotsConfig(max_rows=max_rows, max_len=max(longest, max_new + longest))
+        self.engine = DecodeEngine(model, mask_id, NO_EOS, self.slots)
+
+    def sync(self):
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run_once(self, engine: str, kind: str, prompts, budgets=None):
+        """One decode of `prompts`: (seconds, forwards per report, tokens per row)."""
+        self.sync()
+        t0 = time.perf_counter()
+        st = self.engine.stats
+        s0 = (st.decode_s, st.forwards - st.prefill_forwards)
+        if engine == "static":
+            run = EngineBatch(self.engine, prompts, row_mode(kind, self.B), budgets or self.max_new)
+            events, fwd = run.events(), lambda: max(run.forwards)
+        else:
+            batch = collate_prompts(self.model, prompts, 1 if kind == "ar" else self.B, self.pad_id, self.mask_id)
+            dec = make_decoder(kind, self.model, self.mask_id, self.B, self.max_new)
+            events, fwd = dec.stream(batch), lambda: dec.stats.forwards
+        toks = [[] for _ in prompts]
+        for ev in events:
+            for i, t in enumerate(ev.tokens):
+                toks[i].extend(t)
+        self.sync()
+        n_fwd = st.forwards - st.prefill_forwards - s0[1]
+        self.ms_per_forward = 1000 * (st.decode_s - s0[0]) / n_fwd if n_fwd else None
+        return time.perf_counter() - t0, fwd(), toks
+
+    def measure(self, engine: str, kind: str, prompts) -> dict:
+        self.run_once(engine, kind, prompts)  # warm-up (and CUDA graph capture)
+        times, fwd, toks = [], 0, None
+        for _ in range(self.repeats):
+            dt, fwd, toks = self.run_once(engine, kind, prompts)
+            times.append(dt)
+        wall = statistics.median(times)
+        n_tok = sum(len(t) for t in toks)
+        out = {"tokens_per_s": n_tok / wall, "forwards_per_report": fwd, "latency_ms": wall * 1000,
+               "tokens": n_tok, "batch": len(prompts)}  # fmt: skip
+        if engine == "static":
+            out["ms_per_decode_forward"] = self.ms_per_forward  # decode steps only (prefill excluded)
+        return out
 
 
-def measure(kind, model, mask_id, pad_id, prompts, B, max_new, repeats):
-    run_once(kind, model, mask_id, pad_id, prompts, B, max_new)  # warm-up
-    times, fwd, toks = [], 0, None
-    for _ in range(repeats):
-        dt, fwd, toks = run_once(kind, model, mask_id, pad_id, prompts, B, max_new)
-        times.append(dt)
-    wall = statistics.median(times)
-    n_tok = sum(len(t) for t in toks)
-    return {"tokens_per_s": n_tok / wall, "forwards_per_report": fwd, "latency_ms": wall * 1000,
-            "tokens": n_tok, "batch": len(prompts)}  # fmt: skip
-
-
-def identical_tokens(model, mask_id, pad_id, prompts, B, max_new) -> bool:
-    m64 = copy.deepcopy(model).to(torch.float64) if model.device.type == "cpu" else copy.deepcopy(model).float()
+def identical_tokens(bench: Bench, prompts, max_new) -> bool:
+    """fused == vanilla == recompute (reference) and engine == reference, in float64 (fp32 on GPU)."""
+    m = bench.model
+    m64 = copy.deepcopy(m).to(torch.float64) if m.device.type == "cpu" else copy.deepcopy(m).float()
+    b64 = Bench(m64, bench.mask_id, bench.pad_id, prompts, bench.B, max_new, 1, len(prompts))
     ok = True
     for base in ("onestep", "multistep"):
-        outs = [run_once(f"{base}_{c}", m64, mask_id, pad_id, prompts, B, max_new)[2] for c in ("fused", "vanilla", "recompute")]
+        outs = [b64.run_once("reference", f"{base}_{c}", prompts)[2] for c in ("fused", "vanilla", "recompute")]
         ok &= outs[0] == outs[1] == outs[2]
-    del m64
+        ok &= b64.run_once("static", f"{base}_fused", prompts)[2] == outs[0]
+    ok &= b64.run_once("static", "ar", prompts)[2] == b64.run_once("reference", "ar", prompts)[2]
+    del m64, b64
     return bool(ok)
 
 
@@ -159,6 +215,65 @@ def reference_schedule_identical(ckpt_dir: str | None = None) -> bool:
     return all(results.values())
 
 
+def mixed_length(bench: Bench, rows: int, lo: int, hi: int, seed: int = 0) -> dict:
+    """`rows` reports with budgets drawn from lo..hi, one-step fused: the engine admits rows as others
+    finish; the reference decodes batches of max_rows, each waiting for its longest row."""
+    rng = random.Random(seed)
+    budgets = [rng.randint(lo, hi) for _ in range(rows)]
+    prompts = (bench.prompts * (rows // len(bench.prompts) + 1))[:rows]
+    total = sum(budgets)
+    dt_engine = bench.run_once("static", "onestep_fused", prompts, budgets)[0]
+    size = bench.slots.max_rows
+    t0 = time.perf_counter()
+    for i in range(0, rows, size):
+        saved, bench.max_new = bench.max_new, max(budgets[i : i + size])
+        bench.run_once("reference", "onestep_fused", prompts[i : i + size])
+        bench.max_new = saved
+    dt_ref = time.perf_counter() - t0
+    return {"rows": rows, "budgets": [lo, hi], "slots": size, "tokens": total,
+            "engine_tokens_per_s": total / dt_engine, "reference_tokens_per_s": total / dt_ref,
+            "engine_vs_reference": dt_ref / dt_engine}  # fmt: skip
+
+
+def add_ratios(out: dict, results: dict, batches: list[int], kinds, prefix: str = "") -> None:
+    first = min(batches)
+    tps = lambda k, b=first: results[f"{prefix}{k}@{b}"]["tokens_per_s"]  # noqa: E731
+    out[f"{prefix}onestep_fused_vs_ar"] = tps("onestep_fused") / tps("ar")
+    if "onestep_vanilla" in kinds:
+        out[f"{prefix}fused_vs_vanilla"] = tps("onestep_fused") / tps("onestep_vanilla")
+    out[f"{prefix}forwards_per_report"] = {k: results[f"{prefix}{k}@{first}"]["forwards_per_report"] for k in kinds}
+    for b in batches:
+        out[f"{prefix}onestep_fused_vs_ar_batch{b}"] = tps("onestep_fused", b) / tps("ar", b)
+
+
+def add_engine_vs_reference(out: dict, results: dict, batches: list[int], kinds) -> None:
+    out["engine_vs_reference"] = {
+        k: {str(b): results[f"{k}@{b}"]["tokens_per_s"] / results[f"reference_{k}@{b}"]["tokens_per_s"]
+            for b in batches if b in (1, 16)} for k in kinds
+    }  # fmt: skip
+
+
+def add_memory_floor(out: dict, model) -> None:
+    """CUDA only: device copy bandwidth and the time one read of the LM weights takes at that rate."""
+    if model.device.type != "cuda":
+        return
+    buf = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(buf)
+    dst.copy_(buf)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(buf)
+    torch.cuda.synchronize()
+    gbps = 2 * 20 * buf.numel() / (time.perf_counter() - t0) / 1e9  # read + write per copy
+    lm = model.model.language_model
+    weights = sum(p.numel() * p.element_size() for p in lm.parameters()) + model.lm_head.weight.numel() * 2
+    out["copy_GBps"] = gbps
+    out["weight_read_floor_ms"] = 1000 * weights / (gbps * 1e9)
+    out["ms_per_decode_forward"] = {k: r["ms_per_decode_forward"] for k, r in out["results"].items()
+                                    if "ms_per_decode_forward" in r}  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=["tiny", "7b"], default="tiny")
@@ -167,6 +282,9 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=1024, help="7b shape only")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mixed", default="32,32,256", help="mixed-length run: rows,min budget,max budget ('' skips)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="decoders to time (ar and onestep_fused are required)")
+    ap.add_argument("--no-identity", action="store_true", help="skip the float64/fp32 identical_tokens check")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads; 1 keeps timings stable on a shared 2-core machine (OpenMP spin-waits otherwise)")
     ap.add_argument("--json", action="store_true")
@@ -181,30 +299,34 @@ def main() -> int:
     B = args.block_size
     max_new = args.max_new or (64 if args.shape == "tiny" else 256)
     model, mask_id, pad_id, prompts = tiny_setup(device) if args.shape == "tiny" else shape7b_setup(device, args.prompt_len)
-    kinds = ("ar", "multistep_fused", "onestep_vanilla", "onestep_fused")
+    batches = [int(b) for b in args.batches.split(",")]
+    kinds = tuple(args.kinds.split(","))
+    bench = Bench(model, mask_id, pad_id, prompts, B, max_new, args.repeats, max(batches + [16]))
     results: dict[str, dict] = {}
-    for bs in (int(b) for b in args.batches.split(",")):
+    for bs in batches:
         rows = (prompts * (bs // len(prompts) + 1))[:bs]
-        for kind in kinds:
-            r = measure(kind, model, mask_id, pad_id, rows, B, max_new, args.repeats)
-            results[f"{kind}@{bs}"] = r
-            print(f"{kind:16s} batch {bs:3d}: {r['tokens_per_s']:9.1f} tok/s  {r['forwards_per_report']:4d} forwards  "
-                  f"{r['latency_ms']:8.1f} ms", file=sys.stderr)  # fmt: skip
-    first = min(int(b) for b in args.batches.split(","))
-    tps = lambda k, b=first: results[f"{k}@{b}"]["tokens_per_s"]  # noqa: E731
+        for engine, prefix in (("static", ""), ("reference", "reference_")):
+            for kind in kinds:
+                r = bench.measure(engine, kind, rows)
+                results[f"{prefix}{kind}@{bs}"] = r
+                print(f"{prefix + kind:26s} batch {bs:3d}: {r['tokens_per_s']:9.1f} tok/s  "
+                      f"{r['forwards_per_report']:4d} forwards  {r['latency_ms']:8.1f} ms", file=sys.stderr)  # fmt: skip
     out = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "shape": args.shape, "block_size": B, "max_new_tokens": max_new,
         "threads": torch.get_num_threads() if device == "cpu" else None,
-        "onestep_fused_vs_ar": tps("onestep_fused") / tps("ar"),
-        "fused_vs_vanilla": tps("onestep_fused") / tps("onestep_vanilla"),
-        "forwards_per_report": {k: results[f"{k}@{first}"]["forwards_per_report"] for k in kinds},
-        "identical_tokens": identical_tokens(model, mask_id, pad_id, prompts[:3], B, min(max_new, 32)),
-        "reference_schedule_identical": reference_schedule_identical(),
-        "results": results,
     }  # fmt: skip
-    for b in args.batches.split(","):
-        out[f"onestep_fused_vs_ar_batch{b}"] = tps("onestep_fused", int(b)) / tps("ar", int(b))
+    add_ratios(out, results, batches, kinds)
+    add_ratios(out, results, batches, kinds, prefix="reference_")
+    add_engine_vs_reference(out, results, batches, kinds)
+    if args.mixed:
+        n, lo, hi = (int(x) for x in args.mixed.split(","))
+        out["mixed_length"] = mixed_length(bench, n, lo, hi)
+    if not args.no_identity:
+        out["identical_tokens"] = identical_tokens(bench, prompts[:3], min(max_new, 32))
+        out["reference_schedule_identical"] = reference_schedule_identical()
+    out["results"] = results
+    add_memory_floor(out, model)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0
 

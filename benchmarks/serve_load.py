@@ -1,9 +1,14 @@
 """Benchmark: the Ray Serve report service under load, on loopback, with a local Ray.
 
-Part 1, throughput: one replica (1 CPU) serves `onestep` and `ar` requests from 1, 8 and 32
-concurrent clients (threads posting one phantom PNG each, multipart, like the web page). Per mode
-and concurrency: requests/s, p50 and p99 latency (client-side, arrival to answer). Same replica for
-both modes, same `max_new_tokens`, so the ratio is the decoder's (and batching's) effect.
+Part 1, throughput: one replica (1 CPU, continuous batching, `--slots` engine rows) serves `onestep`
+and `ar` requests from 1, 8 and 32 concurrent clients (threads posting one phantom PNG each,
+multipart, like the web page). Per mode and concurrency: requests/s, p50 and p99 latency
+(client-side, arrival to answer). Same replica for both modes, same `max_new_tokens`, so the ratio
+is the decoder's (and batching's) effect.
+Part 1b, mixed workload: every request draws its own `max_new_tokens` from --mixed-min..--mixed-max
+(seeded), onestep, so rows end at different blocks. The same load runs against a replica with
+`serve.batching: static` (the old `@serve.batch` path, max_batch_size = --slots) and one with
+`continuous` (the block-edge scheduler, decode.slots.max_rows = --slots), side by side.
 Part 2, autoscaling: a second app with an autoscaling config (1-3 replicas of 0.5 CPU, target 2
 ongoing requests, 1 s upscale and 4 s downscale delays) gets a burst of 16 concurrent `ar` clients
 (until all replicas have served a few seconds, capped), then none; RUNNING/STARTING replicas are
@@ -14,9 +19,11 @@ The model is the random tiny preset (never emits EOS, so every request decodes e
 `--max-new-tokens`), unless `--model` names a checkpoint.
 
 Usage:
-    python benchmarks/serve_load.py --json [--model DIR] [--max-new-tokens 64] [--cell-seconds 15]
+    python benchmarks/serve_load.py --json [--model DIR] [--max-new-tokens 64] [--cell-seconds 15] [--slots 16]
 Last stdout line: {"errors": 0, "onestep": {"1": {"rps", "p50_ms", "p99_ms", "n"}, "8": ..., "32": ...},
-                   "ar": {...}, "onestep_vs_ar_rps": ..., "max_replicas_seen": ..., "autoscaling": {...}}
+                   "ar": {...}, "onestep_vs_ar_rps": ..., "max_replicas_seen": ..., "autoscaling": {...},
+                   "mixed": {"static": {"1": {"rps", "p50_ms", "p99_ms", ...}, "8": ..., "32": ...},
+                             "continuous": {...}}, "continuous_vs_static_rps_c32": ...}
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import socket
 import statistics
 import sys
@@ -63,14 +71,18 @@ def make_inputs(work: Path, model: str | None) -> tuple[str, bytes]:
 
 
 def load_cell(url: str, png: bytes, mode: str, concurrency: int, n_requests: int, max_seconds: float,
-              max_new_tokens: int, stop: threading.Event | None = None) -> dict:  # fmt: skip
-    """`concurrency` client threads share `n_requests`; stop issuing after `max_seconds` or on `stop`."""
+              max_new_tokens: int | tuple[int, int], stop: threading.Event | None = None) -> dict:  # fmt: skip
+    """`concurrency` client threads share `n_requests`; stop issuing after `max_seconds` or on `stop`.
+
+    `max_new_tokens` is one budget for all, or a (low, high) range each request draws from (seeded).
+    """
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     issued = [0]
     t_stop = time.perf_counter() + max_seconds
-    fields = {"mode": mode, "max_new_tokens": str(max_new_tokens)}
+    rng = random.Random(0)
+    budget = (lambda: rng.randint(*max_new_tokens)) if isinstance(max_new_tokens, tuple) else (lambda: max_new_tokens)
 
     def client() -> None:
         session = requests.Session()
@@ -79,6 +91,7 @@ def load_cell(url: str, png: bytes, mode: str, concurrency: int, n_requests: int
                 if issued[0] >= n_requests or time.perf_counter() > t_stop or (stop and stop.is_set()):
                     return
                 issued[0] += 1
+                fields = {"mode": mode, "max_new_tokens": str(budget())}
             t0 = time.perf_counter()
             try:
                 r = session.post(url, files=[("images", ("x.png", png, "image/png"))], data=fields, timeout=120)
@@ -99,19 +112,29 @@ def load_cell(url: str, png: bytes, mode: str, concurrency: int, n_requests: int
             "error_kinds": sorted(set(errors))}  # fmt: skip
 
 
-def throughput(base: str, ckpt: str, png: bytes, args: argparse.Namespace) -> dict:
-    """Part 1: both modes at each concurrency on one fixed replica."""
+def deploy(name: str, ckpt: str, args: argparse.Namespace, batching: str) -> str:
+    """One fixed replica (1 CPU) at /<name>; returns the reports URL."""
     from ray import serve
 
-    from echo_ray.serve.app import parse_app_args
+    from echo_ray.serve.app import max_ongoing_requests, parse_app_args
     from echo_ray.serve.service import ReportService
 
-    cfg, decode, prompt = parse_app_args({"model": ckpt, "max_batch_size": 8, "batch_wait_timeout_s": 0.01,
-                                          "decode": {"max_new_tokens": args.max_new_tokens}})  # fmt: skip
+    cfg, decode, prompt = parse_app_args({
+        "model": ckpt, "batching": batching, "max_queue": 64, "max_batch_size": args.slots,
+        "batch_wait_timeout_s": 0.01, "max_new_tokens_limit": max(512, args.mixed_max),
+        "decode": {"max_new_tokens": args.max_new_tokens, "slots": {"max_rows": args.slots}},
+    })  # fmt: skip
     app = ReportService.options(num_replicas=1, ray_actor_options={"num_cpus": 1, "num_gpus": 0},
-                                max_ongoing_requests=32).bind(cfg, decode, prompt)  # fmt: skip
-    serve.run(app, name="load", route_prefix="/load")
-    url = f"{base}/load/v1/reports"
+                                max_ongoing_requests=max_ongoing_requests(cfg, decode)).bind(cfg, decode, prompt)  # fmt: skip
+    serve.run(app, name=name, route_prefix=f"/{name}")
+    return f"{args.base}/{name}/v1/reports"
+
+
+def throughput(base: str, ckpt: str, png: bytes, args: argparse.Namespace) -> dict:
+    """Part 1: both modes at each concurrency on one fixed replica (continuous batching)."""
+    from ray import serve
+
+    url = deploy("load", ckpt, args, "continuous")
     out: dict = {}
     for mode in MODES:
         load_cell(url, png, mode, 2, 4, 30, args.max_new_tokens)  # warm-up, not counted
@@ -122,6 +145,26 @@ def throughput(base: str, ckpt: str, png: bytes, args: argparse.Namespace) -> di
             log(f"{mode:8s} c={c:<3d} {cell}")
     out["batching"] = requests.get(f"{base}/load/v1/models", timeout=30).json()["batching"]
     serve.delete("load")
+    return out
+
+
+def mixed(ckpt: str, png: bytes, args: argparse.Namespace) -> dict:
+    """Part 1b: per-request budgets, static (@serve.batch) against continuous batching."""
+    from ray import serve
+
+    budgets = (args.mixed_min, args.mixed_max)
+    out: dict = {}
+    for batching in ("static", "continuous"):
+        name = f"mixed_{batching}"
+        url = deploy(name, ckpt, args, batching)
+        load_cell(url, png, "onestep", 2, 4, 30, budgets)  # warm-up, not counted
+        out[batching] = {}
+        for c in CONCURRENCY:
+            cell = load_cell(url, png, "onestep", c, max(16, 6 * c), args.cell_seconds, budgets)
+            out[batching][str(c)] = cell
+            log(f"mixed {batching:10s} c={c:<3d} {cell}")
+        out[batching]["batching"] = requests.get(url.replace("/v1/reports", "/v1/models"), timeout=30).json()["batching"]
+        serve.delete(name)
     return out
 
 
@@ -140,14 +183,15 @@ def autoscaling(base: str, ckpt: str, png: bytes, args: argparse.Namespace) -> d
     """Part 2: a burst of load, then quiet; sample RUNNING replicas every 0.5 s."""
     from ray import serve
 
-    from echo_ray.serve.app import parse_app_args
+    from echo_ray.serve.app import max_ongoing_requests, parse_app_args
     from echo_ray.serve.service import ReportService
 
-    cfg, decode, prompt = parse_app_args({"model": ckpt, "max_batch_size": 4, "batch_wait_timeout_s": 0.01,
-                                          "decode": {"max_new_tokens": args.max_new_tokens}})  # fmt: skip
+    cfg, decode, prompt = parse_app_args({"model": ckpt, "max_batch_size": 4, "batch_wait_timeout_s": 0.01, "max_queue": 16,
+                                          "decode": {"max_new_tokens": args.max_new_tokens, "slots": {"max_rows": 4}}})  # fmt: skip
     auto = {"min_replicas": 1, "max_replicas": 3, "initial_replicas": 1, "target_ongoing_requests": 2,
             "upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "metrics_interval_s": 0.5, "look_back_period_s": 2.0}
-    app = ReportService.options(autoscaling_config=auto, max_ongoing_requests=8,
+    # The queue holds the whole burst (16 clients): refusals (429) would count as errors here.
+    app = ReportService.options(autoscaling_config=auto, max_ongoing_requests=max_ongoing_requests(cfg, decode),
                                 ray_actor_options={"num_cpus": 0.5, "num_gpus": 0}).bind(cfg, decode, prompt)  # fmt: skip
     serve.run(app, name="autoscale", route_prefix="/autoscale")
     timeline: list[tuple[float, int, int]] = []  # (s, running, starting)
@@ -191,6 +235,9 @@ def main() -> int:
     ap.add_argument("--model", help="checkpoint directory (default: a fresh random tiny preset)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--cell-seconds", type=float, default=15.0, help="time cap per (mode, concurrency)")
+    ap.add_argument("--slots", type=int, default=16, help="engine rows (continuous) = max_batch_size (static)")
+    ap.add_argument("--mixed-min", type=int, default=16, help="mixed workload: smallest per-request budget")
+    ap.add_argument("--mixed-max", type=int, default=160, help="mixed workload: largest per-request budget")
     # Replica processes take ~30-40 s to start on a loaded 2-core machine: the burst lasts until all
     # replicas have run for --hold-seconds, capped at --burst-seconds.
     ap.add_argument("--burst-seconds", type=float, default=90.0)
@@ -207,14 +254,16 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})  # loopback only
-    base = f"http://127.0.0.1:{port}"
+    base = args.base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="echo_serve_load_") as tmp:
         ckpt, png = make_inputs(Path(tmp), args.model)
         tput = throughput(base, ckpt, png, args)
+        mix = mixed(ckpt, png, args)
         scale = autoscaling(base, ckpt, png, args)
     serve.shutdown()
     ray.shutdown()
-    errors = sum(tput[m][c]["errors"] for m in MODES for c in tput[m]) + scale["burst"].get("errors", 0)
+    errors = sum(tput[m][c]["errors"] for m in MODES for c in map(str, CONCURRENCY)) + scale["burst"].get("errors", 0)
+    errors += sum(mix[b][str(c)]["errors"] for b in mix for c in CONCURRENCY)
     result = {
         "errors": errors,
         **{m: tput[m] for m in MODES},
@@ -222,6 +271,10 @@ def main() -> int:
         "max_replicas_seen": scale["max_replicas_seen"],
         "batching": tput["batching"],
         "autoscaling": scale,
+        "mixed": mix,
+        "continuous_vs_static_rps_c32": round(mix["continuous"]["32"]["rps"] / max(mix["static"]["32"]["rps"], 1e-9), 2),
+        "mixed_max_new_tokens": [args.mixed_min, args.mixed_max],
+        "slots": args.slots,
         "max_new_tokens": args.max_new_tokens,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }

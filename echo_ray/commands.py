@@ -29,10 +29,15 @@ def add_preset_arg(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """Load the config tree once at the entry point, with --set overrides (and --preset)."""
+    """Load the config tree once at the entry point, with --set overrides (and --preset); stage paths resolved.
+
+    With `storage.root` set, or under a Ray job, relative data/output paths become absolute against
+    the root (a relative path with no root under a Ray job is a ConfigError; echo_ray/storage.py).
+    """
     import yaml
 
     from echo_ray.errors import ConfigError
+    from echo_ray.storage import resolve_stage_paths
 
     overrides = {}
     for item in getattr(args, "set", []) or []:
@@ -42,27 +47,34 @@ def config_from_args(args: argparse.Namespace):
         overrides[k.strip()] = yaml.safe_load(v)
     if getattr(args, "preset", None):
         overrides["decode.preset"] = args.preset
-    return load_config(getattr(args, "config", None), overrides)
+    return resolve_stage_paths(load_config(getattr(args, "config", None), overrides))
 
 
 def add_phantom_parser(sub) -> None:
     p = sub.add_parser("phantom", help="write the synthetic phantom corpus (images, raw reports, labels)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n", type=int, default=16, help="number of studies")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--out", required=True, help="output directory (relative: under storage.root when set)")
+    p.add_argument("--n", type=int, default=None, help="number of studies (default: phantom.n, or 16 without --config)")
+    p.add_argument("--seed", type=int, default=None, help="default: phantom.seed")
+    p.add_argument("--image-size", type=int, default=None, help="default: phantom.image_size")
+    add_config_args(p)
     p.set_defaults(func=run_phantom)
 
 
 def run_phantom(args: argparse.Namespace) -> int:
     from echo_ray.data.phantom import SYNTHETIC_NOTE, write_phantom
     from echo_ray.errors import InputError
+    from echo_ray.storage import resolve_stage_path
 
-    if args.n <= 0:
-        raise InputError(f"--n must be positive, got {args.n}")
-    index = write_phantom(args.out, args.n, args.seed, args.image_size)
-    n_img = len(list(Path(args.out, "images").glob("*.png")))
-    print(f"wrote {args.n} studies ({n_img} images) to {args.out}; index {index}")
+    cfg = config_from_args(args)
+    n = args.n if args.n is not None else (cfg.phantom.n if args.config or args.set else 16)
+    seed = args.seed if args.seed is not None else cfg.phantom.seed
+    size = args.image_size if args.image_size is not None else cfg.phantom.image_size
+    if n <= 0:
+        raise InputError(f"--n must be positive, got {n}")
+    out = resolve_stage_path(args.out, cfg.storage.root, "--out")
+    index = write_phantom(out, n, seed, size)
+    n_img = len(list(Path(out, "images").glob("*.png")))
+    print(f"wrote {n} studies ({n_img} images) to {out}; index {index}")
     print(SYNTHETIC_NOTE)
     return 0
 

@@ -82,6 +82,17 @@ class PhantomConfig:
 
 
 @dataclass
+class SlotsConfig:
+    """The static decode engine's preallocated row slots (echo_ray.decode.engine)."""
+
+    max_rows: int = 16  # row slots: rows decoded at once (more wait or are refused)
+    max_len: int = 2048  # positions per slot: prompt + max_new_tokens must fit
+    cuda_graphs: bool = True  # capture each step per batch bucket (CUDA only; CPU runs eager)
+    compile: bool = False  # torch.compile the step forward
+    prefill_chunk: int = 1024  # prefill at most this many positions per forward (rounded to blocks)
+
+
+@dataclass
 class DecodeConfig:
     """Decoder choice; block_size None means the checkpoint's own.
 
@@ -100,6 +111,8 @@ class DecodeConfig:
     preset: Optional[Literal["echo-reference"]] = None
     max_new_tokens: int = 160
     language: Literal["en", "zh"] = "en"
+    engine: Literal["static", "reference"] = "static"  # static = DecodeEngine; reference = BlockDecoder/ARDecoder
+    slots: SlotsConfig = field(default_factory=SlotsConfig)
 
 
 @dataclass
@@ -291,13 +304,23 @@ class EvalConfig:
 @dataclass
 class ServeConfig:
     model: str = ""
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.02
+    # continuous: one scheduler per replica admits requests into engine slots at every block edge
+    # (decode.slots.max_rows rows); static: the old @serve.batch path (the benchmark's baseline).
+    batching: Literal["continuous", "static"] = "continuous"
+    max_queue: int = 64  # continuous: requests waiting for a slot per replica; beyond it 429 + Retry-After
+    max_batch_size: int = 8  # static only
+    batch_wait_timeout_s: float = 0.02  # static only
     max_body_bytes: int = 20_000_000
     max_images: int = 4
     max_pixels: int = 40_000_000
     decode_timeout_s: float = 60.0
-    auth_token_env: str = "ECHO_API_TOKEN"  # env var holding the bearer token; unset or empty = no auth
+    auth_token_env: str = "ECHO_API_TOKEN"  # replica-process env var holding the bearer token; unset = no auth
+    auth_token_file: str = ""  # file holding the token (mode 0600, checked); wins over auth_token_env
+    body_timeout_s: float = 5.0  # a request body must arrive within this + per_mb per MB (408 after)
+    body_timeout_per_mb_s: float = 2.0
+    body_timeout_max_s: float = 60.0
+    max_request_pixels: int = 100_000_000  # all images of one request together (413 above)
+    max_replica_pixels: int = 200_000_000  # images being decoded at once in one replica; the rest wait
     max_new_tokens_limit: int = 512  # largest max_new_tokens a request may ask for (422 above)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when the replica has a GPU
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -327,9 +350,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
+class StorageConfig:
+    # Absolute directory or s3:// prefix that every stage shares: relative data/output paths resolve
+    # against it. Required for relative paths under a Ray job (see echo_ray/storage.py).
+    root: str = ""
+
+
+@dataclass
 class EchoConfig:
     """The whole tree; YAML files set any subset of it."""
 
+    storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)

@@ -15,6 +15,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
+GUARD_ENV = {
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "echo_ray.serve.body_guard:proxy_middlewares",
+    "ECHO_BODY_TIMEOUT_S": "2",
+    "ECHO_BODY_TIMEOUT_PER_MB_S": "1",
+    "ECHO_BODY_TIMEOUT_MAX_S": "3",
+}
 
 
 def shared_path(*parts: str) -> Path:
@@ -31,6 +37,9 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
+        # The Serve proxy (a Ray worker) inherits these: the body deadline of echo_ray.serve.body_guard,
+        # short so test_serve_guard's stalled clients time out quickly.
+        os.environ.update(GUARD_ENV)
         ray.init(
             num_cpus=int(os.environ.get("ECHO_TEST_RAY_CPUS", "4")),
             include_dashboard=False,

@@ -9,8 +9,8 @@ masked slot above tau when that is at least the quota, else the quota's most con
 stops after the first block holding EOS after the prompt. As in echo_ray, MASK is never a final
 token (its logit is excluded before the argmax and the confidence).
 
-`conformance_cases` compares it, token for token, with echo_ray's batched decoders (one-step
-fused, multi-step quota static/dynamic) for B in {4, 8} and S in {B, B/2}; the test suite and
+`conformance_cases` compares it, token for token, with echo_ray's batched decoders (the static-slot
+engine and the reference BlockDecoder; one-step fused, multi-step quota static/dynamic) for B in {4, 8} and S in {B, B/2}; the test suite and
 `benchmarks/decode.py` (`reference_schedule_identical`) both run it.
 
 The tiny preset's random weights emit one token everywhere, which would make any schedule look
@@ -29,8 +29,11 @@ import math
 
 import torch
 
+from echo_ray.config import SlotsConfig
 from echo_ray.decode.batch import collate_prompts
 from echo_ray.decode.blockwise import BlockDecoder
+from echo_ray.decode.engine import DecodeEngine, RowMode
+from echo_ray.decode.engine_batch import EngineBatch
 from echo_ray.decode.samplers import OneStepSampler, QuotaSampler
 from echo_ray.model.forward import embed, extend_positions, image_features, lm_logits, prompt_positions
 
@@ -88,11 +91,29 @@ def reference_decode(model, prompt, mask_id: int, eos_id: int, block_size: int, 
 
 
 def echo_ray_decode(model, prompts, mask_id, eos_id, pad_id, block_size, sampler, cache, max_new) -> list[list[int]]:
-    """echo_ray's batched block decoder on all prompts at once -> new tokens per row."""
+    """echo_ray's batched block decoder on all prompts at once -> new tokens per row.
+
+    cache "engine" runs the static-slot DecodeEngine (its default decoder); the others the reference
+    BlockDecoder with that KV strategy."""
+    if cache == "engine":
+        return _engine_decode(model, prompts, mask_id, eos_id, block_size, sampler, max_new)
     batch = collate_prompts(model, prompts, block_size, pad_id, mask_id)
     dec = BlockDecoder(model, mask_id, eos_id, block_size, sampler, cache, max_new)
     out: list[list[int]] = [[] for _ in prompts]
     for ev in dec.stream(batch):
+        for i, t in enumerate(ev.tokens):
+            out[i].extend(t)
+    return out
+
+
+def _engine_decode(model, prompts, mask_id, eos_id, block_size, sampler, max_new) -> list[list[int]]:
+    if isinstance(sampler, OneStepSampler):
+        mode = RowMode("onestep", block_size)
+    else:
+        mode = RowMode("multistep", block_size, sampler.steps, sampler.threshold, "quota")
+    engine = DecodeEngine(model, mask_id, eos_id, SlotsConfig(max_rows=len(prompts), max_len=512))
+    out: list[list[int]] = [[] for _ in prompts]
+    for ev in EngineBatch(engine, prompts, mode, max_new).events():
         for i, t in enumerate(ev.tokens):
             out[i].extend(t)
     return out
@@ -115,7 +136,7 @@ def pick_eos(model, prompts, mask_id: int, at: int = 9) -> int:
 
 
 def conformance_cases(model, prompts, mask_id: int, eos_id: int, pad_id: int, max_new: int = 24,
-                      threshold: float = 0.25, caches: tuple[str, ...] = ("fused",)) -> dict[str, bool]:  # fmt: skip
+                      threshold: float = 0.25, caches: tuple[str, ...] = ("engine", "fused")) -> dict[str, bool]:  # fmt: skip
     """{case name: echo_ray == reference on every prompt} (module doc)."""
     results: dict[str, bool] = {}
     for B in (4, 8):
@@ -125,7 +146,7 @@ def conformance_cases(model, prompts, mask_id: int, eos_id: int, pad_id: int, ma
             variants.append((f"quota_dynamic S={S}", S, threshold, QuotaSampler(B, S, threshold)))
         for name, S, tau, sampler in variants:
             ref = [reference_decode(model, p, mask_id, eos_id, B, S, tau, max_new) for p in prompts]
-            for cache in caches if name != "onestep" else ("fused",):
+            for cache in caches if name != "onestep" else [c for c in caches if c in ("engine", "fused")]:
                 got = echo_ray_decode(model, prompts, mask_id, eos_id, pad_id, B, sampler, cache, max_new)
                 results[f"B={B} {name} cache={cache}"] = got == ref
     return results

@@ -22,3 +22,26 @@ def test_cluster_yaml_validates() -> None:
     assert gpu_types and all("gpu" in n for n in gpu_types)
     assert any("--shm-size" in o for o in cfg["docker"]["run_options"])
     assert any("[train,gpu]" in c for c in cfg["setup_commands"])
+
+
+def test_cluster_yaml_images_exist() -> None:
+    """No node type names a made-up AMI, and the docker image matches the Ray version we pin."""
+    import re
+
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI, _check_ami
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    region = raw["provider"]["region"]
+    for name, node in raw["available_node_types"].items():
+        ami = node["node_config"].get("ImageId", "")
+        assert ami in ("", "latest_dlami") or ami in DEFAULT_AMI.values(), (
+            f"node type {name} names AMI {ami!r}, which is neither Ray's per-region Deep Learning AMI "
+            "nor `latest_dlami`"
+        )
+    _check_ami(raw)  # resolves latest_dlami in place, as `ray up` does
+    assert {n["node_config"]["ImageId"] for n in raw["available_node_types"].values()} == {DEFAULT_AMI[region]}
+
+    pinned = re.search(r'"ray\[[^\]]*\]>=(\d+\.\d+),<', (REPO / "pyproject.toml").read_text())
+    assert pinned, "pyproject.toml no longer pins ray as ray[...]>=X.Y,<..."
+    tag = raw["docker"]["image"].split(":", 1)[1]
+    assert tag.startswith(pinned.group(1) + "."), f"docker image tag {tag} does not match ray {pinned.group(1)}"

@@ -155,8 +155,10 @@ def test_generator_validation(ckpt, studies) -> None:
     gen = ReportGenerator(ckpt, base, PromptConfig())
     with pytest.raises(InputError, match="at least one image"):
         gen.generate([[]], "en")
-    with pytest.raises(InputError, match="exceeds the model context"):
-        gen.generate(studies[:1], "en", max_new_tokens=100_000)
+    with pytest.raises(InputError, match="exceeds the decode engine's slot context of 2048"):
+        gen.generate(studies[:1], "en", max_new_tokens=3000)  # fits the model (4096), not the slots
+    with pytest.raises(InputError, match="exceeds the model context of 4096"):
+        gen.generate(studies[:1], "en", max_new_tokens=100_000, engine="reference")
 
 
 def test_generator_reports_and_stream(ckpt, studies) -> None:

@@ -1,10 +1,11 @@
-"""The report service over HTTP on local Ray: reports, streaming, batching, bad input, auth."""
+"""The report service over HTTP on local Ray: reports, streaming, continuous batching, back-pressure, bad input."""
 
 from __future__ import annotations
 
 import base64
 import io
 import threading
+import time
 
 import pytest
 import requests
@@ -122,28 +123,63 @@ def test_stream_one_event_per_block_then_final(url):
     assert final["blocks"] == len(ref_blocks) and all(k in final for k in FIELDS)
 
 
-def test_concurrent_requests_are_batched_and_answered_per_caller(url):
-    images = [p.read_bytes() for p in phantom_pngs()] + nih_pngs()
-    refs = [expected([b]) for b in images]
-    assert len({r.text for r in refs}) > 1, "images must decode differently for the check to mean anything"
-    before = requests.get(url + "/v1/models", timeout=30).json()["batching"]["batch_sizes"]
-    results: list[requests.Response | None] = [None] * len(images)
-    barrier = threading.Barrier(len(images))
+def _together(calls) -> list:
+    """Run the zero-argument callables at once (a barrier lines them up); their results in order."""
+    results: list = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
 
-    def call(i: int) -> None:
+    def run(i: int) -> None:
         barrier.wait()
-        results[i] = post(url, [images[i]])
+        results[i] = calls[i]()
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(images))]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    for r, ref in zip(results, refs):
+    return results
+
+
+def _rows_per_step(url: str) -> dict[int, int]:
+    return {int(k): v for k, v in requests.get(url + "/v1/models", timeout=30).json()["batching"]["rows_per_step"].items()}
+
+
+def test_concurrent_clients_with_own_budgets_and_languages_share_steps(url):
+    images = [p.read_bytes() for p in phantom_pngs()] + nih_pngs()
+    asks = [dict(language=("zh" if i % 3 == 1 else "en"), max_new_tokens=8 * (1 + i % 4)) for i in range(len(images))]
+    refs = [expected([b], **dict(a)) for b, a in zip(images, asks)]
+    assert len({r.text for r in refs}) > 1, "images must decode differently for the check to mean anything"
+    before = _rows_per_step(url)
+    results = _together([lambda b=b, a=a: post(url, [b], **a) for b, a in zip(images, asks)])
+    for r, ref, a in zip(results, refs, asks):
         assert r is not None and r.status_code == 200, r and r.text
-        assert r.json()["text"] == ref.text and r.json()["tokens"] == len(ref.tokens)
-    after = requests.get(url + "/v1/models", timeout=30).json()["batching"]["batch_sizes"]
-    new = {int(k): v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
-    assert max(new) > 1, f"no batch larger than 1 observed: {new}"
+        assert r.json()["text"] == ref.text and r.json()["tokens"] == len(ref.tokens) == a["max_new_tokens"]
+        assert r.json()["language"] == a["language"]
+    new = {k: v - before.get(k, 0) for k, v in _rows_per_step(url).items() if v - before.get(k, 0) > 0}
+    assert max(new) > 1, f"no step with more than one row observed: {new}"
     assert max(r.json()["batch_size"] for r in results) > 1
+
+
+def test_a_stream_shares_steps_with_plain_requests_and_keeps_its_blocks(url):
+    data, budget = nih_pngs()[1], 512  # 64 blocks: long enough for plain requests to join mid-stream
+    others = [p.read_bytes() for p in phantom_pngs()[:5]]
+    refs = [expected([b], max_new_tokens=16).text for b in others]
+    run = local_generator().stream([[Image.open(io.BytesIO(data)).convert("RGB")]], "en", max_new_tokens=budget)
+    ref_blocks = list(run)
+    files = [("images", ("s.png", data, "image/png"))]
+    with requests.post(url + "/v1/reports/stream", files=files, data={"max_new_tokens": str(budget)},
+                       stream=True, timeout=120) as stream:  # fmt: skip
+        lines = stream.iter_lines(decode_unicode=True)
+        head = [next(lines), next(lines)]  # the first block event arrived: the stream is decoding
+        plain = _together([lambda b=b: post(url, [b], max_new_tokens=16) for b in others])
+        body = "\n".join(head + list(lines))
+    assert all(r.status_code == 200 for r in plain)
+    assert [r.json()["text"] for r in plain] == refs
+    events = parse_sse(body)  # iter_lines yields the blank separator lines too
+    assert [d["new_tokens"] for n, d in events if n == "block"] == [len(ev.tokens[0]) for ev in ref_blocks]
+    assert [d["index"] for n, d in events if n == "block"] == [ev.index for ev in ref_blocks]
+    final = events[-1][1]
+    assert events[-1][0] == "final" and final["text"] == run.reports[0].text
+    assert final["batch_size"] > 1, "the stream decoded alone: no plain request shared its steps"
+    assert max(r.json()["batch_size"] for r in plain) > 1
 
 
 def _bad_cases():
@@ -167,7 +203,7 @@ def _bad_cases():
         ("bad mode", dict(files=[("images", ("a.png", png, "image/png"))], data={"mode": "fast"}), 422),
         ("zero tokens", dict(files=[("images", ("a.png", png, "image/png"))], data={"max_new_tokens": "0"}), 422),
         ("text tokens", dict(files=[("images", ("a.png", png, "image/png"))], data={"max_new_tokens": "many"}), 422),
-        ("tokens over limit", dict(json={"images": [base64.b64encode(png).decode()], "max_new_tokens": 65}), 422),
+        ("tokens over limit", dict(json={"images": [base64.b64encode(png).decode()], "max_new_tokens": 513}), 422),
         ("no images", dict(files=[("language", (None, "en"))]), 422),
         ("unknown json field", dict(json={"images": [base64.b64encode(png).decode()], "temperature": 1}), 422),
     ]
@@ -217,3 +253,67 @@ def test_logs_carry_request_ids_and_timings_but_no_report_text_or_file_names(url
     assert f"request_id={rid}" in content and "latency_ms=" in content
     assert len(text) >= 8 and text not in content
     assert "Doe_Jane" not in content
+
+
+BUSY_APP = "echo_busy"  # two slots and one queue place: easy to fill
+BUSY_ARGS = dict(max_queue=1, max_new_tokens_limit=1400, decode={"max_new_tokens": 8, "slots": {"max_rows": 2}})
+
+
+@pytest.fixture(scope="module")
+def busy_url(ray_cluster):
+    return start_app(BUSY_APP, **BUSY_ARGS)
+
+
+def _batching(url: str) -> dict:
+    return requests.get(url + "/v1/models", timeout=30).json()["batching"]
+
+
+def _wait_for(check, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _long_stream(url: str, png: bytes) -> tuple[requests.Response, object]:
+    """An AR stream of 1200 tokens (one per step): it holds its slot until the client leaves.
+
+    The line iterator is returned too: dropping it would close the connection (a disconnect).
+    """
+    r = requests.post(url + "/v1/reports/stream", files=[("images", ("a.png", png, "image/png"))],
+                      data={"mode": "ar", "max_new_tokens": "1200"}, stream=True, timeout=120)  # fmt: skip
+    assert r.status_code == 200, r.text
+    lines = r.iter_lines(decode_unicode=True)
+    assert next(lines) == "event: block" and next(lines).startswith("data:")  # decoding now
+    return r, lines
+
+
+def test_disconnect_frees_the_slot_and_a_full_queue_answers_429(busy_url):
+    png = phantom_pngs()[0].read_bytes()
+    base = _batching(busy_url)
+    assert base["slots"] == 2 and base["max_queue"] == 1
+    (a, _a_lines), (b, _b_lines) = _long_stream(busy_url, png), _long_stream(busy_url, png)
+    assert _batching(busy_url)["slots_in_use"] == 2
+    queued: list[requests.Response] = []
+    waiter = threading.Thread(target=lambda: queued.append(post(busy_url, [png], max_new_tokens=8)))
+    waiter.start()
+    _wait_for(lambda: _batching(busy_url)["queue_length"] == 1, "the third request to queue")
+    for route in ("/v1/reports", "/v1/reports/stream"):
+        refused = post(busy_url, [png], route=route, max_new_tokens=8)
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["Retry-After"]) >= 1
+        body = refused.json()
+        assert body["status"] == 429 and "busy" in body["error"] and body["request_id"]
+    a.close()  # client A leaves: its slot goes to the queued request
+    waiter.join(60)
+    assert queued and queued[0].status_code == 200, queued and queued[0].text
+    assert queued[0].json()["text"] == expected([png], max_new_tokens=8).text
+    steps_at_close = _batching(busy_url)["steps"]
+    b.close()
+    _wait_for(lambda: _batching(busy_url)["slots_in_use"] == 0, "B's slot to be freed", 30)
+    after = _batching(busy_url)
+    assert after["cancelled"] - base["cancelled"] == 2 and after["rejected"] - base["rejected"] == 2
+    assert after["finished"] - base["finished"] == 1  # only the queued request ran to its end
+    assert after["steps"] - steps_at_close < 600, "B kept decoding long after its client left"
+    ok = post(busy_url, [png], max_new_tokens=8)  # the queue drained: the next request is served
+    assert ok.status_code == 200 and ok.json()["text"] == queued[0].json()["text"]

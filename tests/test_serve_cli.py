@@ -1,8 +1,10 @@
-"""`echo-ray serve` on local Ray, with bearer-token auth taken from the shell's environment."""
+"""`echo-ray serve` on local Ray, with bearer-token auth from a private token file; the token never in logs."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,12 +16,15 @@ TOKEN = "test-token-0123456789"
 
 
 @pytest.mark.timeout(240)
-def test_echo_ray_serve_runs_locally_with_bearer_auth(ray_cluster, monkeypatch, tmp_path):
+def test_echo_ray_serve_runs_locally_with_bearer_auth(ray_cluster, tmp_path):
     from ray import serve
+    from ray._private.worker import _global_node  # test-only: this session's log directory
 
-    monkeypatch.setenv("ECHO_TEST_TOKEN", TOKEN)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    os.chmod(token_file, 0o600)
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text("serve:\n  auth_token_env: ECHO_TEST_TOKEN\n")
+    cfg.write_text(f"serve:\n  auth_token_file: {token_file}\n")
     base = http_base()  # the session's proxy; run_serve's serve.start joins it
     parser = argparse.ArgumentParser(prog="echo-ray")
     add_serve_parser(parser.add_subparsers(dest="command", required=True))
@@ -45,5 +50,36 @@ def test_echo_ray_serve_runs_locally_with_bearer_auth(ray_cluster, monkeypatch, 
         assert ok.status_code == 200 and ok.json()["tokens"] == 8, ok.text
         assert requests.get(f"{base}/v1/models", headers=auth, timeout=10).status_code == 200
         assert requests.get(f"{base}/healthz", timeout=10).status_code == 200  # probes need no token
+        spec = requests.get(f"{base}/openapi.json", timeout=10).json()
+        assert spec["paths"]["/v1/reports"]["post"]["security"] == [{"bearerAuth": []}]
     finally:
         serve.delete("echo")
+    logs = Path(_global_node.get_session_dir_path()) / "logs"
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    leaks = [str(p) for p in files if TOKEN.encode() in p.read_bytes()]
+    assert not leaks, f"token written to {leaks}"
+
+
+def test_token_file_must_be_private_and_non_empty(tmp_path):
+    from echo_ray.config import ServeConfig
+    from echo_ray.errors import ConfigError
+    from echo_ray.serve.auth import check_bearer, load_token
+    from echo_ray.serve.schemas import ApiError
+
+    f = tmp_path / "token"
+    f.write_text("secret\n")
+    os.chmod(f, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_token(ServeConfig(auth_token_file=str(f)))
+    os.chmod(f, 0o600)
+    assert load_token(ServeConfig(auth_token_file=str(f))) == "secret"
+    f.write_text("  \n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_token(ServeConfig(auth_token_file=str(f)))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_token(ServeConfig(auth_token_file=str(tmp_path / "missing")))
+    check_bearer("Bearer secret", "secret")
+    check_bearer("", "")  # no token configured: auth off
+    with pytest.raises(ApiError):
+        check_bearer("Bearer secreT", "secret")

@@ -34,7 +34,12 @@ def test_serve_config_is_a_valid_deploy_schema_with_gpu_autoscaling():
     assert 1 <= auto["min_replicas"] < auto["max_replicas"] and auto["target_ongoing_requests"] > 0
     assert auto["upscale_delay_s"] < auto["downscale_delay_s"]
     assert dep.ray_actor_options.num_gpus == 1
-    assert dep.max_ongoing_requests >= cfg.max_batch_size
+    # continuous batching: Serve's cap, the slots, the queue and the autoscaling target agree
+    from echo_ray.serve.app import max_ongoing_requests
+
+    assert cfg.batching == "continuous" and decode.slots.max_rows >= 1 and cfg.max_queue >= 1
+    assert dep.max_ongoing_requests == max_ongoing_requests(cfg, decode) > decode.slots.max_rows + cfg.max_queue
+    assert 0 < auto["target_ongoing_requests"] <= decode.slots.max_rows
 
 
 def test_build_app_args_are_strict():
@@ -50,6 +55,10 @@ def test_build_app_args_are_strict():
         parse_app_args({"model": "m", "decode": {"max_new_tokens": 600}})
     cfg, _, _ = parse_app_args({"model": "m", "max_batch_size": "4", "decode_timeout_s": "2.5"})  # serve run k=v
     assert (cfg.max_batch_size, cfg.decode_timeout_s) == (4, 2.5)
+    with pytest.raises(ConfigError, match="batching"):
+        parse_app_args({"model": "m", "batching": "dynamic"})
+    with pytest.raises(ConfigError, match="max_queue"):
+        parse_app_args({"model": "m", "max_queue": -1})
     app = build_app({"model": "m"})  # binding loads nothing
     assert type(app).__name__ == "Application"
 

@@ -96,7 +96,8 @@ def test_deadline_gives_503_and_a_bad_row_does_not_sink_its_batch():
     late = _job(0, deadline=time.monotonic() - 1)
     assert decode_jobs(gen, [late], timeout_s=0.5)[0].error.status == 503
     # Same key, but the 4-image prompt plus this budget overflows the model context: only that row fails.
-    budget = gen.max_context - gen.prompts([late.images * 4], "en")[0].length + 1
+    limit = min(gen.max_context, gen.cfg.slots.max_len)  # the engine's slots are the tighter bound
+    budget = limit - gen.prompts([late.images * 4], "en")[0].length + 1
     ok = DecodeJob(late.images, "en", "onestep", budget, time.monotonic() - 1)
     too_long = DecodeJob(late.images * 4, "en", "onestep", budget, time.monotonic() + 60)
     outs = decode_jobs(gen, [ok, too_long], timeout_s=0.5)

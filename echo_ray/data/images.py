@@ -42,18 +42,46 @@ def _dicom_to_image(data: bytes, name: str) -> Image.Image:
     return Image.fromarray((arr * 255).astype(np.uint8)).convert("RGB")
 
 
-def image_from_bytes(data: bytes, name: str = "<upload>", max_pixels: int | None = None) -> Image.Image:
-    """Decode image bytes; raises InputError naming `name` when they are not a readable image."""
+def _shrink(img: Image.Image, target_pixels: int | None) -> Image.Image:
+    """Reduce `img` by an integer factor (box filter) until it has at most ~`target_pixels` pixels."""
+    if not target_pixels or img.width * img.height <= target_pixels:
+        return img
+    factor = int((img.width * img.height / target_pixels) ** 0.5)
+    if factor < 2:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:  # modes reduce() does not take (palette, bilevel)
+        return img.convert("L" if img.mode == "1" else "RGB").reduce(factor)
+
+
+def _pillow_decode(data: bytes, name: str, max_pixels: int | None, target_pixels: int | None) -> Image.Image:
+    probe = Image.open(io.BytesIO(data))
+    probe.verify()  # cheap integrity check before the full decode
+    img = Image.open(io.BytesIO(data))
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise InputError(f"image {name} has {img.width * img.height} pixels, over the limit of {max_pixels}")
+    if target_pixels and img.format == "JPEG":
+        # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: never allocate the full-size buffer.
+        scale = (img.width * img.height / target_pixels) ** 0.5
+        if scale >= 2:
+            img.draft(img.mode, (int(img.width / scale), int(img.height / scale)))
+    img.load()
+    return _shrink(img, target_pixels)  # before convert("RGB"): the full-size RGB copy never exists
+
+
+def image_from_bytes(data: bytes, name: str = "<upload>", max_pixels: int | None = None,
+                     target_pixels: int | None = None) -> Image.Image:  # fmt: skip
+    """Decode image bytes; raises InputError naming `name` when they are not a readable image.
+
+    `target_pixels` (the model processor's size, or more): larger images are reduced right after
+    decoding (JPEG: while decoding), so only one full-size single-channel buffer lives at a time.
+    """
     if is_dicom(data):
-        img = _dicom_to_image(data, name)
+        img = _shrink(_dicom_to_image(data, name), target_pixels)
     else:
         try:
-            probe = Image.open(io.BytesIO(data))
-            probe.verify()  # cheap integrity check before the full decode
-            img = Image.open(io.BytesIO(data))
-            if max_pixels is not None and img.width * img.height > max_pixels:
-                raise InputError(f"image {name} has {img.width * img.height} pixels, over the limit of {max_pixels}")
-            img.load()
+            img = _pillow_decode(data, name, max_pixels, target_pixels)
         except InputError:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

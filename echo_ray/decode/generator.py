@@ -1,8 +1,11 @@
 """ReportGenerator: the pure decoder class behind the CLI, evaluation and the Serve deployment.
 
 It validates a request before any compute (block size vs. the checkpoint's, S <= B, images present,
-prompt + max_new_tokens within the model context), builds the prompts, picks the decoder for the
-mode (`ar`, `multistep`, `onestep`) and returns parsed reports with forward counts and timings.
+prompt + max_new_tokens within the model context), builds the prompts, and decodes them on the
+static-slot `DecodeEngine` (`decode.engine: static`, the default; one engine per generator, its
+K/V slots allocated on first use) or on the reference decoders (`decode.engine: reference`, and
+always for `cache: none`, the no-cache recompute check). It returns parsed reports with forward
+counts (per row on the engine: its prefill plus the steps it took part in) and timings.
 `stream()` yields each finished block for incremental output.
 
 Usage:
@@ -24,6 +27,8 @@ from echo_ray.config import DecodeConfig, PromptConfig
 from echo_ray.decode.ar import ARDecoder
 from echo_ray.decode.batch import PromptBatch, collate_prompts
 from echo_ray.decode.blockwise import BlockDecoder, BlockEvent
+from echo_ray.decode.engine import DecodeEngine, RowMode
+from echo_ray.decode.engine_batch import EngineBatch
 from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler, QuotaSampler
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import Checkpoint
@@ -120,33 +125,52 @@ def make_sampler(cfg: DecodeConfig):
     return ConfidenceSampler(steps=cfg.steps, threshold=cfg.threshold)
 
 
+class ReferenceRun:
+    """A reference decoder over a collated batch, with the same face as `EngineBatch`."""
+
+    def __init__(self, decoder, batch: PromptBatch):
+        self.decoder, self.batch = decoder, batch
+
+    @property
+    def stats(self):
+        return self.decoder.stats
+
+    @property
+    def forwards(self) -> list[int]:
+        return [self.decoder.stats.forwards] * self.batch.n_rows
+
+    def events(self) -> Iterator[BlockEvent]:
+        return self.decoder.stream(self.batch)
+
+
 class Generation:
     """An in-progress decode: iterate for BlockEvents; `.reports` once exhausted."""
 
-    def __init__(self, gen: "ReportGenerator", batch: PromptBatch, decoder, cfg: DecodeConfig, t_start: float):
-        self._gen, self._batch, self._decoder, self._cfg, self._t0 = gen, batch, decoder, cfg, t_start
-        self.tokens: list[list[int]] = [[] for _ in range(batch.n_rows)]
+    def __init__(self, gen: "ReportGenerator", n_rows: int, run: EngineBatch | ReferenceRun, cfg: DecodeConfig,
+                 t_start: float):  # fmt: skip
+        self._gen, self._n, self._run, self._cfg, self._t0 = gen, n_rows, run, cfg, t_start
+        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
         self.reports: list[GeneratedReport] | None = None
 
     def __iter__(self) -> Iterator[BlockEvent]:
-        hit = [False] * self._batch.n_rows
-        for ev in self._decoder.stream(self._batch):
+        hit = [False] * self._n
+        for ev in self._run.events():
             for i, toks in enumerate(ev.tokens):
                 self.tokens[i].extend(toks)
             hit = ev.hit_max
             yield ev
-        self.reports = [self._report(toks, h) for toks, h in zip(self.tokens, hit)]
+        self.reports = [self._report(i, toks, h) for i, (toks, h) in enumerate(zip(self.tokens, hit))]
 
     def text(self, row: int) -> str:
         return self._gen.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
 
-    def _report(self, toks: list[int], hit: bool) -> GeneratedReport:
+    def _report(self, row: int, toks: list[int], hit: bool) -> GeneratedReport:
         text = self._gen.tokenizer.decode(toks, skip_special_tokens=True).strip()
         parsed = parse_report(text)
-        st = self._decoder.stats
+        st = self._run.stats
         return GeneratedReport(
             text=text, findings=parsed.findings, impression=parsed.impression, complete=parsed.complete,
-            tokens=toks, hit_max_length=hit, forward_passes=st.forwards, prefill_s=st.prefill_s,
+            tokens=toks, hit_max_length=hit, forward_passes=self._run.forwards[row], prefill_s=st.prefill_s,
             decode_s=st.decode_s, latency_s=time.perf_counter() - self._t0, mode=self._cfg.mode,
             block_size=int(self._cfg.block_size or 1),
         )  # fmt: skip
@@ -160,6 +184,15 @@ class ReportGenerator:
         self.cfg = resolve_decode(ckpt, decode, override_block)
         self.tokenizer = ckpt.tokenizer
         self.max_context = int(ckpt.model.config.get_text_config().max_position_embeddings)
+        self._engine: DecodeEngine | None = None
+
+    @property
+    def engine(self) -> DecodeEngine:
+        """The generator's decode engine (slots allocated on first use)."""
+        if self._engine is None:
+            slots = replace(self.cfg.slots, max_len=min(self.cfg.slots.max_len, self.max_context))
+            self._engine = DecodeEngine(self.ckpt.model, self.ckpt.mask_id, self.ckpt.eos_id, slots)
+        return self._engine
 
     def prompts(self, studies: list[list[Image.Image]], language: str) -> list[StudyPrompt]:
         if not studies:
@@ -179,15 +212,21 @@ class ReportGenerator:
         language = language or cfg.language
         prompts = self.prompts(studies, language)
         longest = max(p.length for p in prompts)
-        if longest + cfg.max_new_tokens > self.max_context:
+        on_engine = cfg.engine == "static" and cfg.cache != "none"
+        limit = min(self.max_context, cfg.slots.max_len) if on_engine else self.max_context
+        if longest + cfg.max_new_tokens > limit:
+            where = "the model context" if limit == self.max_context else "the decode engine's slot context"
             raise InputError(
-                f"prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} exceeds the model context "
-                f"of {self.max_context} tokens"
+                f"prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} exceeds {where} of {limit} "
+                f"tokens (model context {self.max_context}, decode.slots.max_len {cfg.slots.max_len})"
             )
+        if on_engine:
+            run = EngineBatch(self.engine, prompts, RowMode.from_decode(cfg), cfg.max_new_tokens)
+            return Generation(self, len(prompts), run, cfg, t0)
         block = 1 if cfg.mode == "ar" else int(cfg.block_size)
         mask_id = self.ckpt.mask_id if self.ckpt.mask_id is not None else self.ckpt.pad_id
         batch = collate_prompts(self.ckpt.model, prompts, block, self.ckpt.pad_id, mask_id)
-        return Generation(self, batch, self._decoder(cfg), cfg, t0)
+        return Generation(self, batch.n_rows, ReferenceRun(self._decoder(cfg), batch), cfg, t0)
 
     def generate(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> list[GeneratedReport]:
         run = self.stream(studies, language, **overrides)

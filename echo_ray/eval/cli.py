@@ -22,6 +22,7 @@ from dataclasses import replace
 from echo_ray.commands import add_config_args, add_preset_arg, config_from_args
 from echo_ray.config import EchoConfig, EvalRow
 from echo_ray.errors import InputError
+from echo_ray.storage import shown_path
 
 
 def add_eval_parser(sub) -> None:
@@ -91,5 +92,5 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = apply_args(config_from_args(args), args)
     paths = evaluate_config(cfg)
     print(paths["markdown"].read_text(encoding="utf-8"))
-    print("wrote " + ", ".join(str(paths[k]) for k in ("markdown", "json", "plot", "details")))
+    print("wrote " + ", ".join(shown_path(paths[k]) for k in ("markdown", "json", "plot", "details")))
     return 0

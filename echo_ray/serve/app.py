@@ -47,6 +47,8 @@ def parse_app_args(args: dict[str, Any] | None) -> tuple[ServeConfig, DecodeConf
         raise ConfigError("serve args: 'model' (checkpoint directory or s3:// URI) is required")
     if cfg.max_batch_size < 1 or cfg.max_images < 1 or cfg.max_new_tokens_limit < 1:
         raise ConfigError("serve args: max_batch_size, max_images and max_new_tokens_limit must be >= 1")
+    if cfg.max_queue < 0 or decode.slots.max_rows < 1:
+        raise ConfigError("serve args: max_queue must be >= 0 and decode.slots.max_rows >= 1")
     if decode.max_new_tokens > cfg.max_new_tokens_limit:
         raise ConfigError(
             f"serve args: decode.max_new_tokens {decode.max_new_tokens} exceeds max_new_tokens_limit "
@@ -55,8 +57,24 @@ def parse_app_args(args: dict[str, Any] | None) -> tuple[ServeConfig, DecodeConf
     return cfg, decode, prompt
 
 
+# Requests a replica takes beyond its decode rows and queue: /healthz, /readyz, /v1/models, the page.
+CONTROL_HEADROOM = 8
+
+
+def max_ongoing_requests(cfg: ServeConfig, decode: DecodeConfig) -> int:
+    """Serve's per-replica concurrency cap, consistent with the batching path.
+
+    continuous: slots + queue + headroom, so every request the scheduler could hold reaches the
+    replica, and overflow is answered by the replica's 429 + Retry-After instead of waiting unbounded
+    in Serve's router. static: room for a full batch plus streams (as before).
+    """
+    if cfg.batching == "continuous":
+        return decode.slots.max_rows + cfg.max_queue + CONTROL_HEADROOM
+    return max(32, 2 * cfg.max_batch_size)
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """The ReportService application; `max_ongoing_requests` keeps room for a full batch plus streams."""
+    """The ReportService application with `max_ongoing_requests` from the slots and queue."""
     cfg, decode, prompt = parse_app_args(args)
-    deployment = ReportService.options(max_ongoing_requests=max(32, 2 * cfg.max_batch_size))
+    deployment = ReportService.options(max_ongoing_requests=max_ongoing_requests(cfg, decode))
     return deployment.bind(cfg, decode, prompt)

@@ -1,20 +1,23 @@
 """Turn one HTTP report request (multipart upload or JSON with base64 images) into decoder input.
 
 Limits are checked before work that scales with them: the declared Content-Length and then the
-bytes actually read (413), the image count (413), each image's pixel count read from its header
-before decoding (413). The image type is judged from the bytes, not only the declared type: PNG,
+bytes actually read (413) within the body deadline (408), field types (422), the image count (413),
+each image's and the request's pixel counts read from the headers before any pixel is decoded
+(413). Large images are reduced while or right after decoding to the model processor's size. The image type is judged from the bytes, not only the declared type: PNG,
 JPEG and DICOM are accepted; another image format or a non-image declared type is 415; bytes that
 claim to be an image but do not decode are 400. Field errors are 422 (see `schemas.py`).
 
 Usage:
-    body = await read_body(request.stream(), request.headers.get("content-length"), limits.max_body_bytes)
+    body = await read_body(request.stream(), request.headers.get("content-length"), limits.max_body_bytes, 10.0)
     parsed = await parse_body(request.headers, body, limits)        # fields and counts checked (ApiError)
-    req = decode_images(parsed, limits.max_pixels)                  # ReportRequest; 400/413/415 per image
+    pixels = inspect_images(parsed, limits)                         # headers only; 400/413/415 per image
+    req = decode_images(parsed, limits)                             # ReportRequest
     req.images, req.fields.language, req.n_bytes
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -27,6 +30,7 @@ from PIL import Image
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from echo_ray.data.image_header import image_size
 from echo_ray.data.images import image_from_bytes, is_dicom
 from echo_ray.errors import InputError
 from echo_ray.serve.schemas import ApiError, ReportFields, ReportJSON, parse_fields, validate_model
@@ -42,6 +46,8 @@ class Limits:
     max_images: int
     max_pixels: int
     max_new_tokens: int
+    max_request_pixels: int = 1 << 62
+    target_pixels: int | None = None  # decode large images down to about this size (the processor's)
 
 
 @dataclass
@@ -67,21 +73,30 @@ class ReportRequest:
     n_bytes: int  # request body size, for logs (never the content)
 
 
-async def read_body(stream: AsyncIterator[bytes], content_length: str | None, limit: int) -> bytes:
-    """Read the body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+async def read_body(stream: AsyncIterator[bytes], content_length: str | None, limit: int,
+                    timeout_s: float | None = None) -> bytes:  # fmt: skip
+    """Read the body within `timeout_s` (else 408; None = no deadline), refusing (413) once it is known to exceed `limit` bytes.
+
+    Behind `body_guard.BodyGuard` the body is already in memory; without it this deadline still
+    frees the replica slot a stalled client holds.
+    """
     if content_length is not None:
         try:
             declared = int(content_length)
         except ValueError:
-            raise ApiError(400, f"Content-Length header is not a number: {content_length[:40]!r}") from None
+            raise ApiError(400, "Content-Length header is not a number") from None
         if declared > limit:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"request body did not arrive within {timeout_s:.1f} s") from None
     return b"".join(chunks)
 
 
@@ -94,20 +109,6 @@ def sniff(data: bytes) -> str | None:
     return "dicom" if is_dicom(data) else None
 
 
-def _pixel_count(data: bytes, kind: str) -> int | None:
-    """Pixels per frame from the header alone (no decode); None when the header is unreadable."""
-    try:
-        if kind == "dicom":
-            import pydicom
-
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            return int(ds.Rows) * int(ds.Columns)
-        with Image.open(io.BytesIO(data)) as im:
-            return im.width * im.height
-    except Exception:  # unreadable headers are reported as corrupt by the full decode below
-        return None
-
-
 def _other_format(data: bytes) -> str | None:
     """Name of a format Pillow recognizes (GIF, BMP, ...) for bytes that are none of ours."""
     try:
@@ -117,34 +118,43 @@ def _other_format(data: bytes) -> str | None:
         return None
 
 
-def check_image(data: bytes, declared_type: str | None, index: int, filename: str, max_pixels: int) -> Image.Image:
-    """Validate and decode image #`index`; ApiError 415 (type), 413 (pixels) or 400 (corrupt).
+def _fail(status: int, index: int, filename: str, what: str, log_what: str | None = None) -> ApiError:
+    """The client sees the file name; the log line sees only the index (file names can hold PHI)."""
+    label = f"#{index} ({filename})" if filename else f"#{index}"
+    return ApiError(status, f"image {label} {what}", f"image #{index} {log_what or what}")
 
-    The client sees the file name; the log line sees only the index (file names can hold PHI).
-    """
 
-    def fail(status: int, what: str) -> ApiError:
-        label = f"#{index} ({filename})" if filename else f"#{index}"
-        return ApiError(status, f"image {label} {what}", f"image #{index} {what}")
-
+def check_header(data: bytes, declared_type: str | None, index: int, filename: str, max_pixels: int) -> int:
+    """Type and pixel count of image #`index` from its header, nothing decoded: ApiError 415/413/400."""
     declared = (declared_type or "").split(";")[0].strip().lower()
     if declared not in ACCEPTED_TYPES and declared not in GENERIC_TYPES:
-        raise fail(415, f"has unsupported content type {declared[:60]!r}; send PNG, JPEG or DICOM")
+        raise _fail(415, index, filename, f"has unsupported content type {declared[:60]!r}; send PNG, JPEG or DICOM",
+                    "has an unsupported content type; send PNG, JPEG or DICOM")  # fmt: skip
     if not data:
-        raise fail(400, "is empty")
+        raise _fail(400, index, filename, "is empty")
     kind = sniff(data)
     if kind is None:
         other = _other_format(data)
         if other:
-            raise fail(415, f"is {other}; send PNG, JPEG or DICOM")
-        raise fail(400, "is not a readable PNG, JPEG or DICOM file")
-    pixels = _pixel_count(data, kind)
-    if pixels is not None and pixels > max_pixels:
-        raise fail(413, f"has {pixels} pixels, over the limit of {max_pixels}")
+            raise _fail(415, index, filename, f"is {other}; send PNG, JPEG or DICOM")
+        raise _fail(400, index, filename, "is not a readable PNG, JPEG or DICOM file")
+    size = image_size(data, kind)
+    if size is None:
+        raise _fail(400, index, filename, f"has an unreadable {kind.upper()} header")
+    pixels = size[0] * size[1]
+    if pixels > max_pixels:
+        raise _fail(413, index, filename, f"has {pixels} pixels, over the limit of {max_pixels}")
+    return pixels
+
+
+def check_image(data: bytes, declared_type: str | None, index: int, filename: str, max_pixels: int,
+                target_pixels: int | None = None) -> Image.Image:  # fmt: skip
+    """Validate (`check_header`) and decode image #`index`; ApiError 415 (type), 413 (pixels) or 400 (corrupt)."""
+    check_header(data, declared_type, index, filename, max_pixels)
     try:
-        return image_from_bytes(data, name=f"#{index}", max_pixels=max_pixels)
+        return image_from_bytes(data, name=f"#{index}", max_pixels=max_pixels, target_pixels=target_pixels)
     except InputError as e:  # e names the image by index only
-        raise fail(400, f"could not be decoded ({e})") from None
+        raise _fail(400, index, filename, f"could not be decoded ({e})") from None
 
 
 def _check_count(n: int, limits: Limits) -> None:
@@ -179,7 +189,8 @@ async def _parse_multipart(headers: Headers, body: bytes, limits: Limits) -> Par
             elif key in FORM_FIELDS:
                 values[key] = value
             elif key != "images":
-                raise ApiError(422, f"unknown field '{key}' (expected images, {', '.join(sorted(FORM_FIELDS))})")
+                expected = f"expected images, {', '.join(sorted(FORM_FIELDS))}"
+                raise ApiError(422, f"unknown field '{key[:60]}' ({expected})", f"unknown field ({expected})")
         fields = _check_budget(parse_fields(values), limits)
         _check_count(len(uploads), limits)
         files = [Upload(await u.read(), u.content_type or "", u.filename or "") for u in uploads]
@@ -207,9 +218,8 @@ def _parse_json(body: bytes, limits: Limits) -> ParsedBody:
         raise ApiError(400, f"request body is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise ApiError(422, "JSON body must be an object with 'images' and optional fields")
-    if isinstance(data.get("images"), list):
-        _check_count(len(data["images"]), limits)  # before pydantic, so 5 images is 413 not 422
-    req = validate_model(ReportJSON, data)
+    req = validate_model(ReportJSON, data)  # types first: a wrong-typed field is 422 whatever the count
+    _check_count(len(req.images), limits)
     fields = _check_budget(ReportFields(language=req.language, mode=req.mode, max_new_tokens=req.max_new_tokens), limits)
     uploads = [Upload(*_b64_image(item, i), filename="") for i, item in enumerate(req.images)]
     return ParsedBody(uploads, fields, len(body))
@@ -222,15 +232,33 @@ async def parse_body(headers: Headers, body: bytes, limits: Limits) -> ParsedBod
         return await _parse_multipart(headers, body, limits)
     if ctype == "application/json":
         return _parse_json(body, limits)
-    raise ApiError(415, f"request content type {ctype or '(none)'!r} is not supported; send multipart/form-data or application/json")
+    send = "send multipart/form-data or application/json"
+    raise ApiError(415, f"request content type {ctype[:60] or '(none)'!r} is not supported; {send}",
+                   f"request content type is not supported; {send}")  # fmt: skip
 
 
-def decode_images(parsed: ParsedBody, max_pixels: int) -> ReportRequest:
-    """Check and decode every upload (CPU work: the service runs this off the event loop)."""
-    images = [check_image(u.data, u.declared_type, i, u.filename, max_pixels) for i, u in enumerate(parsed.uploads)]
+def inspect_images(parsed: ParsedBody, limits: Limits) -> int:
+    """Check every image's header (type, pixels) and the request's pixel total; returns the total."""
+    total = sum(check_header(u.data, u.declared_type, i, u.filename, limits.max_pixels)
+                for i, u in enumerate(parsed.uploads))  # fmt: skip
+    if total > limits.max_request_pixels:
+        raise ApiError(413, f"the request's images have {total} pixels together, over the limit of {limits.max_request_pixels}")
+    return total
+
+
+def decode_images(parsed: ParsedBody, limits: Limits) -> ReportRequest:
+    """Check and decode every upload (CPU work: the service runs this off the event loop).
+
+    Each upload's bytes are dropped once decoded, so at most one full-size image lives at a time.
+    """
+    inspect_images(parsed, limits)
+    images = []
+    for i, u in enumerate(parsed.uploads):
+        images.append(check_image(u.data, u.declared_type, i, u.filename, limits.max_pixels, limits.target_pixels))
+        u.data = b""
     return ReportRequest(images, parsed.fields, parsed.n_bytes)
 
 
 async def parse_report_request(headers: Headers, body: bytes, limits: Limits) -> ReportRequest:
     """`parse_body` then `decode_images`, in the caller's thread."""
-    return decode_images(await parse_body(headers, body, limits), limits.max_pixels)
+    return decode_images(await parse_body(headers, body, limits), limits)

@@ -76,56 +76,38 @@ class ErrorResponse(BaseModel):
     request_id: str = ""
 
 
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+KNOWN_FIELDS = {"images", "language", "mode", "max_new_tokens"}
+
+
+def _describe(err: dict[str, Any], for_log: bool = False) -> str:
+    """One error; `for_log`: only the service's own field names (a client's key can hold PHI or a newline)."""
+    parts = [str(p) for p in err.get("loc", ()) if p != "body"]
+    if for_log and parts and parts[0] not in KNOWN_FIELDS:
+        parts = ["(client field)"]
+    loc = ".".join(parts)[:80] or "body"
     if err.get("type") == "extra_forbidden":
         return f"unknown field '{loc}'"
-    return f"field '{loc}': {err.get('msg', 'invalid')}"
+    return f"field '{loc}': {err.get('msg', 'invalid')}"  # pydantic's msg names the rule, not the input
 
 
 def validate_model(model: type[BaseModel], data: dict[str, Any]) -> Any:
-    """Validate `data` as `model`; a ValidationError becomes ApiError(422) naming the first bad field."""
+    """Validate `data` as `model`; a ValidationError becomes ApiError(422) naming the first bad fields."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        errors = e.errors()
-        raise ApiError(422, "; ".join(_describe(x) for x in errors[:3])) from None
+        errors = e.errors()[:3]
+        raise ApiError(422, "; ".join(_describe(x) for x in errors), "; ".join(_describe(x, True) for x in errors)) from None
 
 
 def parse_fields(data: dict[str, Any]) -> ReportFields:
     return validate_model(ReportFields, data)
 
 
-# One route takes two body types, so FastAPI cannot infer the body; this documents both in /docs.
-REPORT_REQUEST_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["images"],
-                    "properties": {
-                        "images": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "1-4 image files (PNG, JPEG or DICOM); repeat the field",
-                        },
-                        "language": {"type": "string", "enum": ["en", "zh"], "default": "en"},
-                        "mode": {"type": "string", "enum": ["onestep", "multistep", "ar"], "default": "onestep"},
-                        "max_new_tokens": {"type": "integer", "minimum": 1},
-                    },
-                }
-            },
-            "application/json": {"schema": ReportJSON.model_json_schema()},
-        },
-    }
-}
-
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "corrupt image or malformed body"},
+    408: {"model": ErrorResponse, "description": "request body did not arrive within the body deadline"},
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token (when auth is on)"},
-    413: {"model": ErrorResponse, "description": "body, image count or pixel count over the limit"},
+    413: {"model": ErrorResponse, "description": "body, image count, or an image's or the request's pixel count over the limit"},
     415: {"model": ErrorResponse, "description": "unsupported body or image type"},
     422: {"model": ErrorResponse, "description": "bad field (language, mode, max_new_tokens, unknown field)"},
     503: {"model": ErrorResponse, "description": "decode exceeded the server's time limit"},

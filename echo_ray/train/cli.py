@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from echo_ray.commands import add_config_args, config_from_args
+from echo_ray.storage import shown_path
 
 TRAIN_STAGES = ("cpt", "rad")
 
@@ -42,7 +43,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.set = [*(args.set or []), f"train.{args.stage}.raw=true"]
     outcome = launch(config_from_args(args), args.stage)
     loss = outcome.metrics.get("loss")
-    print(f"{args.stage}: final model at {outcome.final_dir}" + (f" (last loss {loss:.4f})" if loss is not None else ""))
+    print(f"{args.stage}: final model at {shown_path(outcome.final_dir)}" + (f" (last loss {loss:.4f})" if loss is not None else ""))
     return 0
 
 

@@ -33,6 +33,7 @@ import yaml
 
 from echo_ray.config import CONFIG_FILENAME, EchoConfig, to_dict
 from echo_ray.errors import ConfigError, EchoError
+from echo_ray.storage import shown_path
 from echo_ray.train.checkpointing import MODEL_DIR
 from echo_ray.train.job import FaultSpec
 from echo_ray.train.outputs import copy_tree, join, write_text
@@ -150,5 +151,5 @@ def launch(cfg: EchoConfig, stage: str) -> TrainOutcome:
     result = run_trainer(plan, dataset)
     ckpt = result.checkpoint
     final = copy_tree(ckpt.filesystem, join(ckpt.path, MODEL_DIR), join(plan.output_dir, "final"))
-    print(f"[{stage}] final model: {final}", flush=True)
+    print(f"[{stage}] final model: {shown_path(final)}", flush=True)
     return TrainOutcome(stage, final, str(ckpt.path), dict(result.metrics or {}))

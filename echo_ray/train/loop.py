@@ -29,7 +29,7 @@ from echo_ray.train.checkpointing import TrainState, restore_checkpoint, write_c
 from echo_ray.train.data import DataPosition, row_batches
 from echo_ray.train.engines import StepStats, TrainEngine, make_engine, resolve_backend
 from echo_ray.train.job import FaultSpec, StageJob, build_stage
-from echo_ray.train.metrics import MetricsLogger
+from echo_ray.train.metrics import MetricsLogger, worker_line
 from echo_ray.train.stage import Batch, ModelParts, Stage, StageModule
 
 
@@ -66,7 +66,7 @@ def maybe_fault(fault: FaultSpec | None, rank: int, step: int) -> None:
         return
     Path(fault.marker).parent.mkdir(parents=True, exist_ok=True)
     Path(fault.marker).write_text(f"rank {rank} exited at step {step}\n", encoding="utf-8")
-    print(f"fault injection: rank {rank} exits at step {step}", flush=True)
+    worker_line(f"fault injection: rank {rank} exits at step {step}")
     os._exit(1)
 
 
@@ -149,8 +149,8 @@ def train_func(config: dict) -> None:
         with ckpt.as_directory() as d:
             state = restore_checkpoint(engine, Path(d))
         if rank == 0:
-            print(f"[{job.stage}] resumed from step {state.step} (epoch {state.position.epoch}, "
-                  f"{state.position.batches} micro-batches in)", flush=True)  # fmt: skip
+            worker_line(f"[{job.stage}] resumed from step {state.step} (epoch {state.position.epoch}, "
+                        f"{state.position.batches} micro-batches in)")  # fmt: skip
     source = config.get("row_source")  # optional: a stage's own row stream (DCD: echo_ray.train.dcd.worker)
     if source is None:
         batches = row_batches(ray.train.get_dataset_shard("train"), job.cfg.batch_size, state.position)

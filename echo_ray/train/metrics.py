@@ -14,6 +14,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,17 @@ from typing import Any
 from echo_ray.train.outputs import exists, is_s3, join, read_text, upload_dir
 
 SCALARS = ("loss", "tokens_per_s", "lr", "grad_norm")
+
+
+def worker_line(line: str) -> None:
+    """Print one line from a Ray Train worker exactly once.
+
+    Ray Train patches `print` in its workers to log through the root logger and, when stdout is
+    wrapped (as Ray's log forwarding does), also to tee to stdout: every printed line reached the
+    driver twice. Writing to the stream directly sidesteps the patch.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def progress_line(stage: str, step: int, max_steps: int, m: dict[str, float], eta_s: float) -> str:
@@ -58,7 +70,7 @@ class MetricsLogger:
         if step % self.log_every == 0 or step == self.max_steps:
             done = step - self.first_step
             eta = (time.perf_counter() - self.t0) / max(1, done) * (self.max_steps - step)
-            print(progress_line(self.stage, step, self.max_steps, metrics, eta), flush=True)
+            worker_line(progress_line(self.stage, step, self.max_steps, metrics, eta))
 
     def sync(self) -> None:
         self.writer.flush()

@@ -17,12 +17,15 @@ import argparse
 import logging
 import sys
 
-from echo_ray.config import NormalizeConfig, SourceSpec, load_config
+from echo_ray.commands import add_config_args
+from echo_ray.commands import config_from_args as load_tree
+from echo_ray.config import NormalizeConfig, SourceSpec
 from echo_ray.errors import ConfigError
+from echo_ray.storage import resolve_stage_path, shown_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config; its `normalize` section is the base")
+    add_config_args(p)  # --config (its `normalize` and `storage` sections are the base) and --set
     p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
                    help="input corpus (mimic_cxr, chexpert_plus, rexgradient, iu_xray, phantom); repeatable")  # fmt: skip
     p.add_argument("--output", default=None, help="output directory or s3:// prefix")
@@ -50,11 +53,14 @@ def parse_source(text: str) -> SourceSpec:
 
 
 def config_from_args(args: argparse.Namespace) -> NormalizeConfig:
-    cfg = load_config(args.config).normalize
+    tree = load_tree(args)  # relative paths resolved against storage.root (or refused under a Ray job)
+    cfg, root = tree.normalize, tree.storage.root
     if args.source:
         cfg.sources = [parse_source(s) for s in args.source]
+        for s in cfg.sources:
+            s.path = resolve_stage_path(s.path, root, f"--source {s.name}")
     if args.output:
-        cfg.output = args.output
+        cfg.output = resolve_stage_path(args.output, root, "--output")
     if args.engine:
         cfg.engine.kind = args.engine
     if args.model_path:
@@ -85,8 +91,10 @@ def run_normalize(args: argparse.Namespace) -> int:
     from echo_ray.data.pipeline.manifest import summary_text
 
     _logging()
-    manifest = run_pipeline(config_from_args(args))  # EchoError: one line and exit 2 (echo_ray.cli)
+    cfg = config_from_args(args)
+    manifest = run_pipeline(cfg)  # EchoError: one line and exit 2 (echo_ray.cli)
     print(summary_text(manifest))
-    print(f"manifest: {args.output or manifest['config']['output']}/manifest.json")
+    out = shown_path(cfg.output)
+    print(f"normalized data: {out} (manifest: {out}/manifest.json)")
     return 0
 

@@ -16,6 +16,7 @@ import argparse
 import json
 
 from echo_ray.commands import add_config_args, config_from_args
+from echo_ray.storage import shown_path
 
 FLAG_KEYS = {
     "teacher": "train.dcd_teacher.teacher",
@@ -58,7 +59,7 @@ def run_dcd_command(args: argparse.Namespace) -> int:
     for r in s["rounds"]:
         label = "before" if r["round"] < 0 else f"round {r['round']}"
         print(f"[dcd] {label}: one-step agreement {r.get('agreement', float('nan')):.4f}")
-    print(f"[dcd] trainer idle fraction {s['trainer_idle_fraction']:.3f}; final model: {outcome.train.final_dir}")
+    print(f"[dcd] trainer idle fraction {s['trainer_idle_fraction']:.3f}; final model: {shown_path(outcome.train.final_dir)}")
     return 0
 
 

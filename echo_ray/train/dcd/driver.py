@@ -95,7 +95,8 @@ def _queues(cfg: EchoConfig, W: int, batch_size: int) -> list:
 def _teacher_pool(cfg: EchoConfig, worker_cls: type) -> TeacherPool:
     t, m = cfg.train.dcd_teacher, cfg.model
     spec = TeacherSpec(t.teacher, t.teacher_steps, t.top_k, t.max_new_tokens, m.dtype, m.attn_implementation,
-                       m.cache_dir, cfg.prompt, threads=max(1, math.ceil(t.teacher_cpus)))  # fmt: skip
+                       m.cache_dir, cfg.prompt, threads=max(1, math.ceil(t.teacher_cpus)),
+                       batch_size=t.teacher_batch_size)  # fmt: skip
     return TeacherPool(worker_cls, (spec,), t.num_teachers, num_cpus=t.teacher_cpus, num_gpus=t.teacher_gpus)
 
 

@@ -1,8 +1,10 @@
 """TeacherWorker: the body of one DCD teacher actor (frozen ECHO_Base, multi-step decoding).
 
 Each call decodes a batch of `PromptTask`s with the static confidence sampler (S steps per block,
-method.md "Decoding") and the fused block KV cache, recording the top-K at every commit
-(`BlockDecoder(record_topk=K)`), and returns one `TrajectoryRecord` per prompt. A study whose images
+method.md "Decoding") and the fused block KV cache, recording the top-K at every commit, on the
+static-slot `DecodeEngine` (`engine="static"`, the default; slots for one batch, allocated once per
+actor) or on the reference `BlockDecoder(record_topk=K)` (`engine="reference"`; same tokens and
+traces), and returns one `TrajectoryRecord` per prompt. A study whose images
 cannot be read is returned as a failure (uid, one-line reason) instead of a record, so the pool can
 account for it; anything else is a bug and propagates. The class is plain Python; `TeacherPool`
 wraps it with `ray.remote` (1 GPU per actor on a cluster, a CPU fraction locally).
@@ -20,9 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from echo_ray.config import PromptConfig
+from echo_ray.config import PromptConfig, SlotsConfig
 from echo_ray.decode.batch import collate_prompts
 from echo_ray.decode.blockwise import BlockDecoder
+from echo_ray.decode.engine import DecodeEngine, RowMode
+from echo_ray.decode.engine_batch import EngineBatch
 from echo_ray.decode.samplers import ConfidenceSampler
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
@@ -45,6 +49,8 @@ class TeacherSpec:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     device: str = "auto"  # auto = cuda when the actor was given a GPU
     threads: int = 1  # torch CPU threads (the actor's CPU share, rounded up)
+    engine: str = "static"  # static = DecodeEngine; reference = BlockDecoder
+    batch_size: int = 4  # engine slots: the most prompts one decode call holds
 
 
 @dataclass
@@ -71,6 +77,20 @@ class TeacherWorker:
             p.requires_grad_(False)
         self.block_size = int(self.ckpt.trained_block_size)  # published teachers: from the _blockN name
         self.steps = int(spec.steps or self.block_size)
+        if spec.engine not in ("static", "reference"):
+            raise InputError(f"teacher engine must be 'static' or 'reference', got {spec.engine!r}")
+        self._engine: DecodeEngine | None = None
+
+    def _engine_for(self, prompts) -> DecodeEngine:
+        """One engine per actor, regrown only if a call brings more or longer prompts than it holds."""
+        rows = max(len(prompts), self.spec.batch_size)
+        length = max(p.length for p in prompts) + self.spec.max_new_tokens
+        e = self._engine
+        if e is None or e.cfg.max_rows < rows or e.cfg.max_len < length:
+            c = self.ckpt
+            slots = SlotsConfig(max_rows=rows, max_len=max(length, e.cfg.max_len if e else 0))
+            self._engine = DecodeEngine(c.model, c.mask_id, c.eos_id, slots)
+        return self._engine
 
     def _prompt(self, task: PromptTask):
         if not task.images:
@@ -89,15 +109,22 @@ class TeacherWorker:
                 failures.append((task.uid, str(e)))
         records: list[TrajectoryRecord] = []
         if ok:
+            events = self._events(prompts)
             c = self.ckpt
-            batch = collate_prompts(c.model, prompts, self.block_size, c.pad_id, c.mask_id)
-            dec = BlockDecoder(c.model, c.mask_id, c.eos_id, self.block_size, ConfidenceSampler(steps=self.steps),
-                               cache="fused", max_new_tokens=self.spec.max_new_tokens, record_topk=self.spec.top_k)  # fmt: skip
-            events = list(dec.stream(batch))
             records = records_from_events(events, ok, [p.input_ids for p in prompts], self.block_size, self.steps,
                                           c.eos_id, teacher=self.name, round_index=round_index)  # fmt: skip
         tokens = sum(r.response_len for r in records)
         return TeacherResult(records, failures, time.perf_counter() - t0, tokens, self.name, round_index)
+
+    def _events(self, prompts) -> list:
+        c, spec = self.ckpt, self.spec
+        if spec.engine == "static":
+            mode = RowMode("multistep", self.block_size, steps=self.steps, record_topk=spec.top_k)
+            return list(EngineBatch(self._engine_for(prompts), prompts, mode, spec.max_new_tokens).events())
+        batch = collate_prompts(c.model, prompts, self.block_size, c.pad_id, c.mask_id)
+        dec = BlockDecoder(c.model, c.mask_id, c.eos_id, self.block_size, ConfidenceSampler(steps=self.steps),
+                           cache="fused", max_new_tokens=spec.max_new_tokens, record_topk=spec.top_k)  # fmt: skip
+        return list(dec.stream(batch))
 
     def ping(self) -> str:
         return self.name

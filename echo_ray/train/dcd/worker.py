@@ -39,6 +39,7 @@ from echo_ray.train.dcd.agreement import onestep_agreement
 from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.stream import PacketReader
 from echo_ray.train.examples import read_image
+from echo_ray.train.metrics import worker_line
 from echo_ray.train.outputs import is_s3, join, write_text
 
 ROUNDS_FILE = "dcd_rounds.jsonl"
@@ -136,7 +137,7 @@ class StreamRows:
         self.rounds.append(rec)
         self._write(rec)
         shown = {k: round(v, 4) for k, v in rec.items() if k in ("agreement", "idle_fraction", "teacher_records_per_s")}
-        print(f"[dcd] round {r}: {shown}", flush=True)
+        worker_line(f"[dcd] round {r}: {shown}")
 
     def _write(self, rec: dict) -> None:
         out = self.source.output_dir
