@@ -83,6 +83,7 @@ def rad_in_process(args, data: str, work: Path) -> str:
     import torch
 
     from echo_ray.config import PromptConfig, RadConfig, TinyModelConfig
+    from echo_ray.data.phantom import tokenizer_corpus
     from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint, write_echo_meta
     from echo_ray.model.tiny import build_tiny_checkpoint
     from echo_ray.train.examples import Limits
@@ -90,7 +91,8 @@ def rad_in_process(args, data: str, work: Path) -> str:
     from echo_ray.train.stage import ModelParts
 
     torch.manual_seed(0)
-    ckpt = load_checkpoint(str(build_tiny_checkpoint(work / "init", TinyModelConfig(), block_size=8)))
+    init = build_tiny_checkpoint(work / "init", TinyModelConfig(), block_size=8, corpus=tokenizer_corpus())
+    ckpt = load_checkpoint(str(init))
     rows = pads.dataset(str(Path(data) / "train"), format="parquet").to_table().to_pylist()
     parts = ModelParts(ckpt.model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, 8, PromptConfig())
     stage, model = RadStage(Limits(2048, 256), RadConfig()), ckpt.model.train()
@@ -163,7 +165,7 @@ def decode(path: str, rows: list[dict], mode: str, steps: int | None, max_new: i
     from echo_ray.config import DecodeConfig, PromptConfig
     from echo_ray.decode.generator import ReportGenerator
     from echo_ray.model.checkpoint import load_checkpoint
-    from echo_ray.train.examples import read_image
+    from echo_ray.storage import read_image
 
     ckpt = load_checkpoint(path)
     gen = ReportGenerator(ckpt, DecodeConfig(mode=mode, steps=steps, cache="fused", max_new_tokens=max_new), PromptConfig())

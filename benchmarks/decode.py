@@ -60,13 +60,13 @@ def tiny_setup(device: str):
     from PIL import Image
 
     from echo_ray.config import PromptConfig, TinyModelConfig
-    from echo_ray.data.phantom import read_phantom, write_phantom
+    from echo_ray.data.phantom import read_phantom, tokenizer_corpus, write_phantom
     from echo_ray.model.checkpoint import load_checkpoint
     from echo_ray.model.prompt import build_prompt
     from echo_ray.model.tiny import build_tiny_checkpoint
 
     tmp = tempfile.mkdtemp(prefix="echo_bench_")
-    build_tiny_checkpoint(f"{tmp}/ckpt", TinyModelConfig(), block_size=8)
+    build_tiny_checkpoint(f"{tmp}/ckpt", TinyModelConfig(), block_size=8, corpus=tokenizer_corpus())
     write_phantom(f"{tmp}/ph", 16, seed=0)
     ckpt = load_checkpoint(f"{tmp}/ckpt", device=device)
     recs = read_phantom(f"{tmp}/ph")
@@ -197,6 +197,7 @@ def reference_schedule_identical(ckpt_dir: str | None = None) -> bool:
     from PIL import Image
 
     from echo_ray.config import PromptConfig, TinyModelConfig
+    from echo_ray.data.phantom import tokenizer_corpus
     from echo_ray.model.checkpoint import load_checkpoint
     from echo_ray.model.prompt import build_prompt
     from echo_ray.model.tiny import build_tiny_checkpoint
@@ -205,7 +206,8 @@ def reference_schedule_identical(ckpt_dir: str | None = None) -> bool:
     from reference_decode import conformance_cases, diversify, pick_eos
 
     if ckpt_dir is None:
-        ckpt_dir = str(build_tiny_checkpoint(tempfile.mkdtemp(prefix="echo_ref_"), TinyModelConfig(), block_size=8))
+        tmp = tempfile.mkdtemp(prefix="echo_ref_")
+        ckpt_dir = str(build_tiny_checkpoint(tmp, TinyModelConfig(), block_size=8, corpus=tokenizer_corpus()))
     c = load_checkpoint(ckpt_dir)
     model = diversify(c.model.to(torch.float64))
     img = [Image.new("RGB", (112, 112), 90)]

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echo_ray.eval.clinical import finding_prf  # noqa: E402
-from echo_ray.eval.labeler import label_report  # noqa: E402
+from echo_ray.clinical.labeler import label_report  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_xray_kaggle" / "indiana_reports.csv"
 

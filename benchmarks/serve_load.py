@@ -60,14 +60,15 @@ def percentile(values: list[float], q: float) -> float:
 def make_inputs(work: Path, model: str | None) -> tuple[str, bytes]:
     """(checkpoint path, PNG bytes): the tiny preset and a phantom image unless --model is given."""
     from echo_ray.config import TinyModelConfig
-    from echo_ray.data.phantom import read_phantom, write_phantom
+    from echo_ray.data.phantom import read_phantom, tokenizer_corpus, write_phantom
     from echo_ray.model.tiny import build_tiny_checkpoint
 
     write_phantom(work / "phantom", 1, seed=0)
     png = Path(read_phantom(work / "phantom")[0]["images"][0]["path"]).read_bytes()
     if model:
         return model, png
-    return str(build_tiny_checkpoint(work / "tiny", TinyModelConfig(), block_size=8)), png
+    ckpt = build_tiny_checkpoint(work / "tiny", TinyModelConfig(), block_size=8, corpus=tokenizer_corpus())
+    return str(ckpt), png
 
 
 def load_cell(url: str, png: bytes, mode: str, concurrency: int, n_requests: int, max_seconds: float,

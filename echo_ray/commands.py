@@ -88,10 +88,12 @@ def add_init_parser(sub) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    from echo_ray.data.phantom import tokenizer_corpus
     from echo_ray.model.tiny import build_tiny_checkpoint
 
     cfg = config_from_args(args)
-    out = build_tiny_checkpoint(args.out, cfg.model.tiny, args.block_size or cfg.model.block_size)
+    block_size = args.block_size or cfg.model.block_size
+    out = build_tiny_checkpoint(args.out, cfg.model.tiny, block_size, tokenizer_corpus())
     save_config(cfg, out)
     print(f"tiny checkpoint written to {out}")
     return 0

@@ -84,6 +84,7 @@ def prepare_data(cfg: EchoConfig, out: Path, n: int) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     import ray
 
+    from echo_ray.data.phantom import tokenizer_corpus
     from echo_ray.eval.evaluate import get_encoder, run_evaluation, write_evaluation
     from echo_ray.model.tiny import build_tiny_checkpoint
 
@@ -100,7 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
     encoder = get_encoder(cfg.eval.semscore_encoder)
     main_rows, ablation_rows = [], []
     for i, B in enumerate(blocks):
-        init = str(build_tiny_checkpoint(out / f"tiny_init_B{B}", cfg.model.tiny, B))
+        init = str(build_tiny_checkpoint(out / f"tiny_init_B{B}", cfg.model.tiny, B, tokenizer_corpus()))
         arms = [("", False)] + ([] if args.skip_ablation or i > 0 else [("_raw", True)])
         for tag, raw in arms:
             scfg = stage_config(cfg, out / f"B{B}", data, init, tag, raw, B)

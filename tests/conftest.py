@@ -44,7 +44,10 @@ def ray_cluster():
             num_cpus=int(os.environ.get("ECHO_TEST_RAY_CPUS", "4")),
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+            # Dummy S3 keys stand in for each node's own credential chain (an instance role on a real
+            # cluster): workers resolve credentials themselves; none travel in pickled filesystems.
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                      "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}},
         )
     yield ray
     try:
@@ -60,9 +63,11 @@ def ray_cluster():
 def tiny_ckpt_dir(tmp_path_factory) -> Path:
     """A random tiny Qwen2.5-VL checkpoint (block size 8), built once per test session."""
     from echo_ray.config import TinyModelConfig
+    from echo_ray.data.phantom import tokenizer_corpus
     from echo_ray.model.tiny import build_tiny_checkpoint
 
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), TinyModelConfig(), block_size=8)
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    return build_tiny_checkpoint(out, TinyModelConfig(), block_size=8, corpus=tokenizer_corpus())
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def start_s3() -> str:
 def main(data: str, model_dir: str, scratch: str) -> int:
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     start_s3()
-    from echo_ray.train.outputs import exists, list_files, read_text, upload_dir
+    from echo_ray.storage import exists, list_files, read_text, upload_dir
 
     upload_dir(model_dir, "s3://echo/models/tiny")
     import ray

@@ -20,7 +20,7 @@ import requests
 import torch
 
 from echo_ray.config import DecodeConfig, PromptConfig, TinyModelConfig
-from echo_ray.data.phantom import read_phantom, write_phantom
+from echo_ray.data.phantom import read_phantom, tokenizer_corpus, write_phantom
 from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint
 from echo_ray.model.tiny import build_tiny_checkpoint
 
@@ -35,7 +35,7 @@ _state: dict = {"apps": {}}
 def tiny_checkpoint() -> Path:
     if "ckpt" not in _state:
         root = Path(tempfile.mkdtemp(prefix="echo_serve_test_"))
-        raw = build_tiny_checkpoint(root / "raw", TinyModelConfig(), block_size=8)
+        raw = build_tiny_checkpoint(root / "raw", TinyModelConfig(), block_size=8, corpus=tokenizer_corpus())
         ckpt = load_checkpoint(str(raw))
         special = sorted(set(ckpt.tokenizer.all_special_ids) | set(ckpt.tokenizer.added_tokens_decoder))
         with torch.no_grad():

@@ -12,7 +12,7 @@ from echo_ray.data.phantom import read_phantom
 from echo_ray.errors import InputError
 from echo_ray.model.forward import embed, extend_positions, image_features, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
-from echo_ray.train.dcd.batch import DcdStage, student_response
+from echo_ray.train.dcd.stage import DcdStage, student_response
 from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories, from_row, read_trajectories, to_row
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
 from echo_ray.train.dcd.trajectory import PromptTask

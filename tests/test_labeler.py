@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from conftest import shared_path
-from echo_ray.eval.labeler import (
+from echo_ray.clinical.labeler import (
     NEGATIVE,
     OBSERVATIONS,
     POSITIVE,

@@ -13,8 +13,8 @@ import yaml
 from conftest import shared_path
 from corpus_fixtures import write_chexpert, write_iu_subset, write_mimic, write_rexgradient
 
+from echo_ray.clinical.regions import missing_regions
 from echo_ray.config import NormalizeConfig, SourceSpec
-from echo_ray.engines.regions import missing_regions
 from echo_ray.report import format_report
 
 

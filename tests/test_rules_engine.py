@@ -6,14 +6,14 @@ import json
 
 from conftest import shared_path
 
+from echo_ray.clinical.labeler import label_report
+from echo_ray.clinical.regions import REGIONS, REGION_NEGATIVE, missing_regions
+from echo_ray.clinical.terminology import sentences
 from echo_ray.config import EngineConfig
 from echo_ray.engines import make_engine
 from echo_ray.engines.base import generate_validated
 from echo_ray.engines.prompts import build_prompt, retry_prompt, validate_output
-from echo_ray.engines.regions import REGION_NEGATIVE, REGIONS, missing_regions
 from echo_ray.engines.rules import standardize_one, standardize_text
-from echo_ray.engines.terminology import sentences
-from echo_ray.eval.labeler import label_report
 
 
 def positions(text: str, parts: list[str]) -> list[int]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from echo_ray.clinical.encoder import SentenceEncoder, default_encoder_path
 from echo_ray.errors import ConfigError, InputError
-from echo_ray.eval.semscore import SentenceEncoder, default_encoder_path, semscore
+from echo_ray.eval.semscore import semscore
 
 
 @pytest.fixture(scope="module")

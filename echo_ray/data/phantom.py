@@ -243,3 +243,17 @@ def read_phantom(root: str | Path) -> list[dict]:
         rec["report"] = (root / rec["report_path"]).read_text(encoding="utf-8")
         out.append(rec)
     return out
+
+
+def tokenizer_corpus(n: int = 3000, seed: int = 12345) -> list[str]:
+    """Phantom-style report text (findings sentences, headers, normalized phrasing) for BPE training."""
+    rng = np.random.default_rng(seed)
+    texts = [write_report_text(sample_study(rng, f"t{i}"), rng) for i in range(n)]
+    # Normalized reports use the target format and region vocabulary; include both.
+    texts += [
+        "Findings: Thorax is symmetric. Mediastinum and trachea are midline. Lung fields are clear. "
+        "No pleural effusion or pneumothorax. Cardiac silhouette is normal in size. Hila are normal. "
+        "Diaphragms and costophrenic angles are sharp. Bones are intact. No support devices. "
+        "Impression: No acute cardiopulmonary abnormality."
+    ] * 50
+    return texts

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any, Optional
 
-from echo_ray.engines.regions import REGIONS, missing_regions
+from echo_ray.clinical.regions import REGIONS, missing_regions
 from echo_ray.errors import ConfigError
 
 TASKS = ("standardize", "translate")

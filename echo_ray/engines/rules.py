@@ -24,17 +24,11 @@ import json
 
 import pyarrow as pa
 
+from echo_ray.clinical.labeler import NEGATIVE, extract_mentions
+from echo_ray.clinical.regions import OBSERVATION_REGION, REGION_NEGATIVE, REGIONS, negatives_phrase, regions_in
+from echo_ray.clinical.terminology import sentences
 from echo_ray.engines.base import EngineResult, TextEngine, inputs, with_outputs
 from echo_ray.engines.prompts import validate_output
-from echo_ray.engines.regions import (
-    OBSERVATION_REGION,
-    REGION_NEGATIVE,
-    REGIONS,
-    negatives_phrase,
-    regions_in,
-)
-from echo_ray.engines.terminology import sentences
-from echo_ray.eval.labeler import NEGATIVE, extract_mentions
 
 NO_ACUTE = "No acute cardiopulmonary abnormality."
 IMPLIES: dict[str, set[str]] = {

@@ -1,6 +1,6 @@
 """Clinical efficacy: finding-level precision/recall/F1 from the rule labeler, plus optional hooks.
 
-Each generated and reference report is labeled with `echo_ray.eval.labeler.label_report` over the
+Each generated and reference report is labeled with `echo_ray.clinical.labeler.label_report` over the
 14 CheXpert observations. The positive class is status 1 *and* uncertain (-1): a report that says
 "possible effusion" raises the finding, the way CE metrics on MIMIC-CXR are usually computed with
 the "uncertain as positive" (U-Ones) policy (Irvin et al. 2019; Miura et al. 2021). Per observation
@@ -28,8 +28,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Iterable
 
+from echo_ray.clinical.labeler import NEGATIVE, OBSERVATIONS, label_report
 from echo_ray.errors import InputError
-from echo_ray.eval.labeler import NEGATIVE, OBSERVATIONS, label_report
 
 
 def positive_findings(text: str) -> set[str]:

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from PIL import Image
 
-from echo_ray.data.pipeline.store import OutputStore
 from echo_ray.errors import InputError
 from echo_ray.eval.testset_json import is_json_testset, load_json_testset
 from echo_ray.report import parse_report
-from echo_ray.storage import is_s3, split_s3
+from echo_ray.storage import is_s3, join, list_files, read_image, read_parquet
 
 COLUMNS = ("study_id", "source", "language", "report", "images")
 SPLITS = ("train", "eval", "dcd")
@@ -63,12 +61,12 @@ def _named(ids: list[str]) -> str:
     return shown + (f" and {len(ids) - _SHOW} more" if len(ids) > _SHOW else "")
 
 
-def _split_files(store: OutputStore, data: str, split: str) -> list[str]:
-    if store.local and not os.path.isdir(store.base):
+def _split_files(data: str, split: str) -> list[str]:
+    if not is_s3(data) and not os.path.isdir(os.path.expanduser(data)):
         raise InputError(f"dataset not found: {data}")
-    files = store.listdir(split, ".parquet")
+    files = list_files(join(data, split), ".parquet")
     if not files:
-        present = [s for s in SPLITS if store.listdir(s, ".parquet")]
+        present = [s for s in SPLITS if list_files(join(data, s), ".parquet")]
         raise InputError(
             f"split '{split}' not found in {data}: no {split}/*.parquet "
             f"(splits present: {', '.join(present) or 'none; is this a normalized dataset?'})"
@@ -76,16 +74,13 @@ def _split_files(store: OutputStore, data: str, split: str) -> list[str]:
     return files
 
 
-def _read_rows(store: OutputStore, files: list[str], data: str) -> list[dict]:
+def _read_rows(files: list[str]) -> list[dict]:
     rows: list[dict] = []
-    for rel in files:
-        try:
-            table = store.read_table(rel)
-        except OSError as e:
-            raise InputError(f"cannot read {store.display(rel)}: {str(e).splitlines()[0]}") from None
+    for uri in files:
+        table = read_parquet(uri)
         missing = [c for c in COLUMNS if c not in table.column_names]
         if missing:
-            raise InputError(f"{store.display(rel)} lacks column(s) {', '.join(missing)}; not a normalized split")
+            raise InputError(f"{uri} lacks column(s) {', '.join(missing)}; not a normalized split")
         rows.extend(table.select(list(COLUMNS)).to_pylist())
     return rows
 
@@ -128,8 +123,7 @@ def load_eval_split(data: str, split: str, language: str, max_reports: int) -> E
         raise InputError("no dataset given (set eval.data or pass --data)")
     if not is_s3(data) and is_json_testset(data):  # the published ECHO test-set JSON format
         return load_json_testset(data, language, max_reports)
-    store = OutputStore(data)
-    rows = _read_rows(store, _split_files(store, data, split), data)
+    rows = _read_rows(_split_files(data, split))
     where = f"split '{split}' of {data}"
     if not rows:
         raise InputError(f"{where} is empty (0 rows)")
@@ -150,24 +144,7 @@ def load_eval_split(data: str, split: str, language: str, max_reports: int) -> E
     return EvalSplit(data, split, language, studies, len(rows), len(chosen), languages)
 
 
-@lru_cache(maxsize=8)
-def _bucket_store(bucket: str) -> OutputStore:
-    return OutputStore(f"s3://{bucket}")  # one S3 filesystem (credentials, endpoint) per bucket
-
-
-def _read_s3_bytes(uri: str) -> bytes:
-    bucket, key = split_s3(uri)
-    store = _bucket_store(bucket)
-    try:
-        with store.fs.open_input_stream(f"{bucket}/{key}") as f:
-            return f.read()
-    except OSError as e:
-        raise InputError(f"cannot read image {uri}: {str(e).splitlines()[0]}") from None
-
-
 def load_study_images(study: EvalStudy, max_images: int | None = None) -> list[Image.Image]:
     """The study's images as RGB PIL images (local files or s3:// objects), first `max_images`."""
-    from echo_ray.data.images import image_from_bytes, load_image
-
     paths = study.image_paths[:max_images] if max_images else study.image_paths
-    return [image_from_bytes(_read_s3_bytes(p), name=p) if is_s3(p) else load_image(p) for p in paths]
+    return [read_image(p) for p in paths]

@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from echo_ray.clinical.encoder import SentenceEncoder
 from echo_ray.config import DecodeConfig, EvalConfig
 from echo_ray.errors import InputError
 from echo_ray.eval.clinical import clinical_scores, optional_scores
 from echo_ray.eval.linguistic import linguistic_scores
-from echo_ray.eval.semscore import SentenceEncoder, semscore
+from echo_ray.eval.semscore import semscore
 from echo_ray.eval.speed import speed_scores
 from echo_ray.eval.structure import structure_scores
 

@@ -1,15 +1,17 @@
 """The `tiny` preset: a randomly initialized Qwen2.5-VL small enough for CPU tests and the demo.
 
-Two vision blocks, a 3-layer language model of width 128, and a byte-level BPE trained on phantom
-report text. Everything is built from configs; nothing is fetched. The result is saved like a real
-checkpoint (safetensors + config + tokenizer + image processor) so every loader path is the same.
+Two vision blocks, a 3-layer language model of width 128, and a byte-level BPE trained on the
+report text the caller passes (echo_ray.data.phantom.tokenizer_corpus). Everything is built from
+configs; nothing is fetched. The result is saved like a real checkpoint (safetensors + config +
+tokenizer + image processor) so every loader path is the same.
 
 Usage:
-    path = build_tiny_checkpoint("runs/tiny_init", TinyModelConfig(), block_size=8)
+    path = build_tiny_checkpoint("runs/tiny_init", TinyModelConfig(), 8, tokenizer_corpus())
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,6 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from echo_ray.config import TinyModelConfig
-from echo_ray.data.phantom import sample_study
-from echo_ray.data.phantom_text import write_report_text
 from echo_ray.model.checkpoint import write_echo_meta
 from echo_ray.model.tokenizer import (
     EOS_TOKEN,
@@ -34,20 +34,6 @@ from echo_ray.model.tokenizer import (
 
 PATCH = 14
 MERGE = 2
-
-
-def tokenizer_corpus(n: int = 3000, seed: int = 12345) -> list[str]:
-    """Phantom-style report text (findings sentences, headers, normalized phrasing) for BPE training."""
-    rng = np.random.default_rng(seed)
-    texts = [write_report_text(sample_study(rng, f"t{i}"), rng) for i in range(n)]
-    # Normalized reports use the target format and region vocabulary; include both.
-    texts += [
-        "Findings: Thorax is symmetric. Mediastinum and trachea are midline. Lung fields are clear. "
-        "No pleural effusion or pneumothorax. Cardiac silhouette is normal in size. Hila are normal. "
-        "Diaphragms and costophrenic angles are sharp. Bones are intact. No support devices. "
-        "Impression: No acute cardiopulmonary abnormality."
-    ] * 50
-    return texts
 
 
 def image_processor_for(cfg: TinyModelConfig) -> Qwen2VLImageProcessorPil:
@@ -104,11 +90,15 @@ def tiny_model_config(cfg: TinyModelConfig, tokenizer) -> Qwen2_5_VLConfig:
     )
 
 
-def build_tiny_checkpoint(out_dir: str | Path, cfg: TinyModelConfig, block_size: int) -> Path:
-    """Train the tokenizer, build the random model, and save a full checkpoint to `out_dir`."""
+def build_tiny_checkpoint(out_dir: str | Path, cfg: TinyModelConfig, block_size: int, corpus: Sequence[str]) -> Path:
+    """Train the tokenizer on `corpus`, build the random model, and save a full checkpoint to `out_dir`.
+
+    The corpus is the caller's (usually echo_ray.data.phantom.tokenizer_corpus()): model code does
+    not depend on the data package.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_report_tokenizer(tokenizer_corpus(), vocab_size=cfg.vocab_size)
+    tokenizer = train_report_tokenizer(list(corpus), vocab_size=cfg.vocab_size)
     torch.manual_seed(cfg.seed)
     model_cfg = tiny_model_config(cfg, tokenizer)
     model = Qwen2_5_VLForConditionalGeneration(model_cfg)

@@ -16,13 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from echo_ray.config import PromptConfig
-from echo_ray.data.images import image_from_bytes, load_image
 from echo_ray.errors import InputError
 from echo_ray.model.prompt import StudyPrompt, build_prompt, response_ids
 from echo_ray.report import format_report
+from echo_ray.storage import read_image
 
 
 @dataclass(frozen=True)
@@ -51,21 +50,6 @@ def target_text(row: dict, raw: bool) -> str:
         kind = "raw_findings/raw_impression" if raw else "report"
         raise InputError(f"study {sid}: empty {kind}; nothing to train on")
     return text
-
-
-def read_image(path: str) -> Image.Image:
-    """A local or s3:// image as RGB (s3 through pyarrow's filesystem, credentials from the env)."""
-    if str(path).startswith("s3://"):
-        from pyarrow import fs as pafs
-
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-        try:
-            with filesystem.open_input_file(inner) as f:
-                data = f.read()
-        except OSError as e:
-            raise InputError(f"cannot read image {path}: {e}") from None
-        return image_from_bytes(data, name=path)
-    return load_image(path)
 
 
 def encode_row(row: dict, tokenizer, image_processor, prompt_cfg: PromptConfig, raw: bool = False) -> Example:

@@ -24,7 +24,7 @@ from echo_ray.train.stage import Stage
 STAGES: dict[str, str] = {
     "cpt": "echo_ray.train.job:cpt_stage",
     "rad": "echo_ray.train.job:rad_stage",
-    "dcd": "echo_ray.train.dcd.batch:dcd_stage",
+    "dcd": "echo_ray.train.dcd.stage:dcd_stage",
 }
 
 

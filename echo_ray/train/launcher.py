@@ -33,10 +33,9 @@ import yaml
 
 from echo_ray.config import CONFIG_FILENAME, EchoConfig, to_dict
 from echo_ray.errors import ConfigError, EchoError
-from echo_ray.storage import shown_path
+from echo_ray.storage import copy_tree, join, shown_path, write_text
 from echo_ray.train.checkpointing import MODEL_DIR
 from echo_ray.train.job import FaultSpec
-from echo_ray.train.outputs import copy_tree, join, write_text
 from echo_ray.train.preflight import StagePlan, plan_stage, stage_config
 
 log = logging.getLogger(__name__)

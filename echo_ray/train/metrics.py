@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from echo_ray.train.outputs import exists, is_s3, join, read_text, upload_dir
+from echo_ray.storage import exists, is_s3, join, read_text, upload_dir
 
 SCALARS = ("loss", "tokens_per_s", "lr", "grad_norm")
 

@@ -23,9 +23,9 @@ import pyarrow.dataset as pads
 from echo_ray.config import EchoConfig, StageConfig
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, set_pixel_bounds
+from echo_ray.storage import download_dir, exists, is_s3, join, list_files, resolve_fs, upload_dir
 from echo_ray.train.examples import Limits, check_lengths, encode_row
 from echo_ray.train.job import STAGES, FaultSpec, StageJob
-from echo_ray.train.outputs import download_dir, exists, is_s3, join, list_files, resolve_fs, upload_dir
 
 REQUIRED_COLUMNS = ("study_id", "language", "images")
 
@@ -110,16 +110,18 @@ def resolve_model(cfg: EchoConfig, stage: str) -> str:
         return path
     if cfg.model.preset != "tiny":
         raise ConfigError(f"no model to train: set model.path or train.{stage}.init_from")
+    from echo_ray.data.phantom import tokenizer_corpus
     from echo_ray.model.tiny import build_tiny_checkpoint
 
     target = join(s.output_dir, "init")
     if exists(join(target, "config.json")):
         return target if is_s3(target) else str(Path(target).resolve())
+    corpus = tokenizer_corpus()
     if is_s3(target):
         with tempfile.TemporaryDirectory() as tmp:
-            upload_dir(build_tiny_checkpoint(tmp, cfg.model.tiny, cfg.model.block_size), target)
+            upload_dir(build_tiny_checkpoint(tmp, cfg.model.tiny, cfg.model.block_size, corpus), target)
         return target
-    return str(build_tiny_checkpoint(Path(target).resolve(), cfg.model.tiny, cfg.model.block_size))
+    return str(build_tiny_checkpoint(Path(target).resolve(), cfg.model.tiny, cfg.model.block_size, corpus))
 
 
 def check_sample_rows(cfg: EchoConfig, stage: str, model_path: str, files: list[str]) -> None:

@@ -99,7 +99,7 @@ def run_assemble(plans: dict[str, dict[str, Any]], store: OutputStore, num_cpus:
         store.delete_dir(d)
     for f in store.listdir("rejected", ".parquet"):
         if not f.split("/")[-1].startswith("prepare-"):
-            store.fs.delete_file(store.path(f))
+            store.delete_file(f)
     if not plans:
         return []
     items = [{"shard": k, "plan": json.dumps(v)} for k, v in sorted(plans.items())]

@@ -51,7 +51,7 @@ class Embedder:
     """Ray Data actor: loads the sentence encoder once, embeds the configured text of each row."""
 
     def __init__(self, encoder_path: str, text: str, device: str = "cpu"):
-        from echo_ray.eval.semscore import SentenceEncoder
+        from echo_ray.clinical.encoder import SentenceEncoder
 
         self.encoder = SentenceEncoder(encoder_path, device=device)
         self.cols = ("raw_findings", "raw_impression") if text == "raw" else ("findings", "impression")

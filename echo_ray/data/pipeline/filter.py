@@ -1,6 +1,6 @@
 """Stage 1, modality filter: drop non-chest studies and reports with no usable clinical description.
 
-Decided from extracted clinical entities: the CheXpert-style labeler (echo_ray.eval.labeler, the
+Decided from extracted clinical entities: the CheXpert-style labeler (echo_ray.clinical.labeler, the
 same one evaluation uses) finds observation mentions; chest anatomy words count as chest
 evidence too. A study is filtered as
   * non_chest: its exam description names a non-chest body part and no chest part
@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from echo_ray.eval.labeler import extract_mentions, has_clinical_content
+from echo_ray.clinical.labeler import extract_mentions, has_clinical_content
 
 _CHEST = re.compile(
     r"\b(?:chest|thora\w*|lungs?|pulmonary|cxr|heart|cardiac|cardio\w*|mediastin\w*|pleura\w*|ribs?"

@@ -50,7 +50,7 @@ def _std_inputs(batch: pa.Table) -> pa.Table:
 
 
 def _std_outputs(batch: pa.Table) -> pa.Table:
-    from echo_ray.eval.labeler import label_report
+    from echo_ray.clinical.labeler import label_report
 
     errors = batch.column("out_error").to_pylist()
     findings = batch.column("out_findings").to_pylist()

@@ -1,11 +1,10 @@
-"""The normalization output location (local directory or s3://) through one pyarrow filesystem.
+"""The normalization output location (local directory or s3://) as files under one root.
 
-Every file the pipeline writes goes through an `OutputStore`, so local and S3 runs share one code
-path. Writes are atomic per file: locally to a temporary name renamed into place; on S3 an object
-becomes visible only when its upload completes. A killed run therefore never leaves a half-written
-shard that a rerun would mistake for finished.
-S3 credentials come from boto3's standard chain and an S3-compatible endpoint from
-`AWS_ENDPOINT_URL` (as in echo_ray.storage); both travel with the pickled store to Ray workers.
+A thin view over `echo_ray.storage` (the only module that knows S3): paths are relative and
+'/'-separated, tables are Parquet, and every write is atomic per file (storage.write_to), so a
+killed run never leaves a half-written shard that a rerun would mistake for finished. The store is
+pickled into Ray tasks with its filesystem, which carries the endpoint and region but no
+credentials: each worker resolves (and refreshes) its own through the AWS default chain.
 
 Usage:
     store = OutputStore("s3://bucket/normalized")
@@ -17,34 +16,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from echo_ray.errors import InputError
-from echo_ray.storage import is_s3, split_s3
-
-
-def _s3_filesystem() -> pafs.S3FileSystem:
-    import boto3
-
-    session = boto3.Session()
-    creds = session.get_credentials()
-    kwargs: dict[str, Any] = {"region": session.region_name or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
-    if creds is not None:
-        frozen = creds.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
-        if frozen.token:
-            kwargs["session_token"] = frozen.token
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    return pafs.S3FileSystem(**kwargs)
+from echo_ray import storage
 
 
 class OutputStore:
@@ -52,14 +30,8 @@ class OutputStore:
 
     def __init__(self, root: str):
         self.uri = str(root).rstrip("/")
-        if is_s3(self.uri):
-            bucket, key = split_s3(self.uri)
-            self.fs: pafs.FileSystem = _s3_filesystem()
-            self.base = f"{bucket}/{key}".rstrip("/")
-        else:
-            self.fs = pafs.LocalFileSystem()
-            self.base = os.path.abspath(os.path.expanduser(self.uri))
-        self.local = not is_s3(self.uri)
+        self.local = not storage.is_s3(self.uri)
+        self.fs, self.base = storage.resolve_fs(self.uri)
 
     def path(self, rel: str) -> str:
         """The filesystem path of `rel` (what pyarrow / Ray Data read with `self.fs`)."""
@@ -78,20 +50,7 @@ class OutputStore:
         return sorted(f"{rel}/{n}" for n in names if not n.startswith("."))
 
     def _write(self, rel: str, data: bytes) -> None:
-        target = self.path(rel)
-        parent = target.rsplit("/", 1)[0]
-        try:
-            if not self.local:  # S3 has no directories; an object appears whole when its upload completes
-                with self.fs.open_output_stream(target) as f:
-                    f.write(data)
-                return
-            self.fs.create_dir(parent, recursive=True)
-            tmp = f"{parent}/.{target.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.tmp"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except OSError as e:
-            raise InputError(f"cannot write {self.display(rel)}: {e}") from None
+        storage.write_to(self.fs, self.path(rel), data, self.display(rel))
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         buf = io.BytesIO()
@@ -110,6 +69,9 @@ class OutputStore:
     def read_json(self, rel: str) -> Any:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return json.loads(f.read().decode("utf-8"))
+
+    def delete_file(self, rel: str) -> None:
+        self.fs.delete_file(self.path(rel))
 
     def delete_dir(self, rel: str) -> None:
         if self.exists(rel):

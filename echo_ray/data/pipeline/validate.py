@@ -18,6 +18,8 @@ import os
 import re
 from typing import Any, Callable, Optional
 
+from echo_ray import storage
+
 _FILE_LIKE = re.compile(r"^\S+\.(?:jpe?g|png|dcm|dicom|txt|csv)$", re.IGNORECASE)
 _HAS_WORD = re.compile(r"[A-Za-z\u4e00-\u9fff]{2,}")
 _SECTION_HEADER = re.compile(r"\b(?:findings|impression)\s*:", re.IGNORECASE)
@@ -75,21 +77,12 @@ def image_checks(rec: dict[str, Any], require_images: bool, exists: Callable[[st
 
 
 class PathExists:
-    """Existence test for local paths and s3:// URIs (one S3 filesystem, made on first use)."""
-
-    def __init__(self) -> None:
-        self._s3 = None
+    """Existence test for local paths and s3:// URIs (through echo_ray.storage)."""
 
     def __call__(self, path: str) -> bool:
-        if not path.startswith("s3://"):
+        if not storage.is_s3(path):
             return os.path.isfile(path)
-        import pyarrow.fs as pafs
-
-        from echo_ray.data.pipeline.store import _s3_filesystem
-
-        if self._s3 is None:
-            self._s3 = _s3_filesystem()
-        return self._s3.get_file_info(path[len("s3://") :]).type == pafs.FileType.File
+        return storage.is_file(path)
 
 
 def check_record(rec: dict[str, Any], require_images: bool, exists: Callable[[str], bool] | None = None) -> Check:

@@ -22,7 +22,7 @@ from echo_ray.config import EchoConfig
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, read_echo_meta
 from echo_ray.model.published import block_size_from_name, find_mask_id
-from echo_ray.train.outputs import download_dir, exists, is_s3, join
+from echo_ray.storage import download_dir, exists, is_s3, join
 
 
 @dataclass(frozen=True)

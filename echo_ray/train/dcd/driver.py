@@ -34,6 +34,7 @@ import yaml
 
 from echo_ray.config import CONFIG_FILENAME, EchoConfig, to_dict
 from echo_ray.errors import ConfigError
+from echo_ray.storage import copy_tree, is_s3, join, read_text, write_text
 from echo_ray.train.checkpointing import MODEL_DIR
 from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta
 from echo_ray.train.dcd.feeder import Feeder
@@ -45,7 +46,6 @@ from echo_ray.train.dcd.tasks import TaskPlan, TaskQueue, load_tasks, plan_tasks
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
 from echo_ray.train.dcd.worker import DcdRowSource
 from echo_ray.train.launcher import TrainOutcome, _worker_error, build_trainer
-from echo_ray.train.outputs import copy_tree, is_s3, join, read_text, write_text
 from echo_ray.train.preflight import StagePlan, plan_stage
 
 log = logging.getLogger(__name__)

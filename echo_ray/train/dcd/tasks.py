@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import pyarrow.dataset as pads
 
 from echo_ray.errors import ConfigError, EchoError
+from echo_ray.storage import resolve_fs
 from echo_ray.train.dcd.trajectory import PromptTask
-from echo_ray.train.outputs import resolve_fs
 
 COLUMNS = ("uid", "study_id", "language", "images", "report")
 

@@ -31,8 +31,8 @@ from echo_ray.decode.samplers import ConfidenceSampler
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.model.prompt import build_prompt
+from echo_ray.storage import read_image
 from echo_ray.train.dcd.trajectory import PromptTask, TrajectoryRecord, records_from_events
-from echo_ray.train.examples import read_image
 
 
 @dataclass

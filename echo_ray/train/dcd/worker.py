@@ -34,13 +34,12 @@ import torch
 
 from echo_ray.errors import InputError
 from echo_ray.model.prompt import build_prompt
+from echo_ray.storage import is_s3, join, read_image, write_text
 from echo_ray.train.data import DataPosition
 from echo_ray.train.dcd.agreement import onestep_agreement
 from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.stream import PacketReader
-from echo_ray.train.examples import read_image
 from echo_ray.train.metrics import worker_line
-from echo_ray.train.outputs import is_s3, join, write_text
 
 ROUNDS_FILE = "dcd_rounds.jsonl"
 

@@ -31,10 +31,11 @@ from echo_ray.errors import InputError
 from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
 from echo_ray.model.prompt import build_prompt
+from echo_ray.storage import read_image
 from echo_ray.train.dcd.loss import commit_weights, dcd_loss
 from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.trajectory import TrajectoryRecord
-from echo_ray.train.examples import Limits, read_image
+from echo_ray.train.examples import Limits
 from echo_ray.train.rad import collate_rad, stack_layouts
 from echo_ray.train.rad_layout import RadLayout, pad_response, rad_layout
 from echo_ray.train.stage import Batch, ModelParts, batch_embeds

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from echo_ray.eval.labeler import extract_mentions
+from echo_ray.clinical.labeler import extract_mentions
 
 REGIONS: tuple[str, ...] = (
     "thorax",
