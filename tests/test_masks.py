@@ -7,7 +7,6 @@ import torch
 
 from echo_ray.model.masks import (
     block_causal_mask,
-    block_index,
     causal_mask,
     decode_step_mask,
     rad_mask,
@@ -54,7 +53,7 @@ def test_block_causal_matches_reference(B: int, left: bool) -> None:
     pos, valid = _padded_rows(lengths, B, left)
     # Left padding is by whole blocks, so column // B is a per-row shift of the true block index.
     col = torch.arange(pos.shape[1])[None].expand_as(pos) if left else pos.clamp(min=0)
-    got = block_causal_mask(block_index(col, B), valid)
+    got = block_causal_mask(col // B, valid)
     ref = _ref_block_causal(pos, B)
     for n in range(len(lengths)):
         real = valid[n]
@@ -97,7 +96,7 @@ def _ref_rad(kinds: list[str], src: torch.Tensor, B: int) -> torch.Tensor:
 def test_rad_mask_matches_reference(B: int, P: int, R: int) -> None:
     kinds, src = _rad_row(P, R, B)
     noisy = torch.tensor([k == "n" for k in kinds])
-    got = rad_mask(block_index(src, B)[None], noisy[None], torch.ones(1, len(kinds), dtype=torch.bool))[0]
+    got = rad_mask((src // B)[None], noisy[None], torch.ones(1, len(kinds), dtype=torch.bool))[0]
     assert torch.equal(got, _ref_rad(kinds, src, B))
     clean_rows = ~noisy
     assert not got[clean_rows][:, noisy].any(), "no clean or prompt token may attend to a noisy token"
@@ -151,8 +150,3 @@ def test_to_additive_is_finite_and_shaped() -> None:
     assert a.shape == (1, 1, 2, 2)
     assert a[0, 0, 0, 0] == 0 and a[0, 0, 0, 1] == torch.finfo(torch.float32).min
     assert torch.isfinite(a).all()
-
-
-def test_block_index_rejects_bad_block_size() -> None:
-    with pytest.raises(ValueError, match="block size"):
-        block_index(torch.arange(4), 0)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from echo_ray.train.noise import sample_block_noise
-from echo_ray.train.rad_layout import full_duplication_layout, noisy_ids, pad_response, padded_response_len, rad_layout
+from echo_ray.train.rad import collate_rad, stack_layouts
+from echo_ray.train.rad_layout import full_duplication_layout, pad_response, padded_response_len, rad_layout
 
 EOS = 2
 
@@ -33,13 +34,17 @@ def test_layout_duplicates_only_the_response():
     assert not bool(lay.candidate[:20].any()) and int(lay.is_noisy.sum()) == 8
     full = full_duplication_layout(prompt, resp, B)
     assert full.length == 2 * 20 and int(full.candidate.sum()) == 7
-    masked = torch.zeros(28, dtype=torch.bool)
-    masked[21] = True
-    assert int(noisy_ids(lay, masked, mask_id=9)[21]) == 9
-    with pytest.raises(ValueError, match="only response slots"):
-        noisy_ids(lay, torch.ones(28, dtype=torch.bool), 9)
     with pytest.raises(ValueError, match="not a multiple of the block size"):
         rad_layout(prompt, torch.arange(2), B)
+    # the trainer's collation puts MASK only where the noise says, and only on candidates
+    stacked = stack_layouts([lay], pad_id=0)
+    pos = torch.arange(20).expand(3, 20)
+    masked = torch.zeros(1, 28, dtype=torch.bool)
+    masked[0, 21] = True
+    out = collate_rad(stacked, [lay], [pos], masked, torch.full((1, 28), 0.5), mask_id=9)
+    assert int(out["input_ids"][0, 21]) == 9 and torch.equal(out["input_ids"][0, :21], lay.ids[:21])
+    with pytest.raises(ValueError, match="not a noisy response token"):
+        collate_rad(stacked, [lay], [pos], torch.ones(1, 28, dtype=torch.bool), torch.ones(1, 28), mask_id=9)
 
 
 def test_token_counts_at_the_benchmark_shape():

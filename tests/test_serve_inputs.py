@@ -12,7 +12,7 @@ from serve_support import MAX_NEW_TOKENS, local_generator, phantom_pngs
 from starlette.datastructures import Headers
 
 from echo_ray.serve.batching import BatchStats, DecodeJob, decode_jobs, group_jobs
-from echo_ray.serve.inputs import Limits, check_image, parse_report_request, read_body, sniff
+from echo_ray.serve.inputs import Limits, check_image, decode_images, parse_body, read_body, sniff
 from echo_ray.serve.schemas import ApiError
 from echo_ray.serve.sse import parse_sse, sse_event
 
@@ -56,6 +56,10 @@ def test_check_image_types_sizes_and_log_message_without_filename():
     with pytest.raises(ApiError) as e:
         check_image(_png()[:30], "image/png", 2, "Doe_John.png", 10_000)
     assert e.value.status == 400 and "Doe_John.png" in e.value.message and "Doe_John" not in e.value.log_message
+
+
+async def parse_report_request(headers: Headers, body: bytes, limits: Limits):
+    return decode_images(await parse_body(headers, body, limits), limits)  # as the service does, in one thread
 
 
 def test_parse_json_and_form_fields():

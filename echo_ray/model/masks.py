@@ -22,13 +22,6 @@ from __future__ import annotations
 import torch
 
 
-def block_index(positions: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Absolute block of each position. positions: (N, L) int -> (N, L) int."""
-    if block_size <= 0:
-        raise ValueError(f"block size must be positive, got {block_size}")
-    return torch.div(positions, block_size, rounding_mode="floor")
-
-
 def two_stream_mask(
     q_block: torch.Tensor,
     q_noisy: torch.Tensor,

@@ -257,8 +257,3 @@ def decode_images(parsed: ParsedBody, limits: Limits) -> ReportRequest:
         images.append(check_image(u.data, u.declared_type, i, u.filename, limits.max_pixels, limits.target_pixels))
         u.data = b""
     return ReportRequest(images, parsed.fields, parsed.n_bytes)
-
-
-async def parse_report_request(headers: Headers, body: bytes, limits: Limits) -> ReportRequest:
-    """`parse_body` then `decode_images`, in the caller's thread."""
-    return decode_images(await parse_body(headers, body, limits), limits)

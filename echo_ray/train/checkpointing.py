@@ -20,8 +20,8 @@ from typing import Any
 
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import write_echo_meta
+from echo_ray.train.backends import TrainEngine
 from echo_ray.train.data import DataPosition
-from echo_ray.train.engines import TrainEngine
 from echo_ray.train.stage import ModelParts
 
 MODEL_DIR = "model"

@@ -21,7 +21,7 @@ import torch
 
 from echo_ray.config import DistributedConfig, OptimConfig
 from echo_ray.errors import InputError
-from echo_ray.train.engines import StepStats, TrainEngine, _mean_metrics, _rank
+from echo_ray.train.backends import StepStats, TrainEngine, _mean_metrics, _rank
 from echo_ray.train.stage import Batch
 
 TAG = "state"

@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from echo_ray.model.checkpoint import load_checkpoint, write_echo_meta
+from echo_ray.train.backends import StepStats, TrainEngine, make_engine, resolve_backend
 from echo_ray.train.checkpointing import TrainState, restore_checkpoint, write_checkpoint
 from echo_ray.train.data import DataPosition, row_batches
-from echo_ray.train.engines import StepStats, TrainEngine, make_engine, resolve_backend
 from echo_ray.train.job import FaultSpec, StageJob, build_stage
 from echo_ray.train.metrics import MetricsLogger, worker_line
 from echo_ray.train.stage import Batch, ModelParts, Stage, StageModule

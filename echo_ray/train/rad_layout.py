@@ -14,7 +14,6 @@ two-copy recipe, kept for the benchmark).
 Usage:
     resp = pad_response(response_ids, prompt_len=P, block_size=8, eos_id=eos)    # (R',)
     lay = rad_layout(prompt_ids, resp, block_size=8)
-    ids = noisy_ids(lay, masked, mask_id)                                         # (L,)
     pos = full_pos[:, lay.source]                                                 # (3, L)
 """
 
@@ -104,10 +103,3 @@ def full_duplication_layout(prompt: torch.Tensor, response: torch.Tensor, block_
         clean_len=T,
         noisy_start=0,
     )
-
-
-def noisy_ids(layout: RadLayout, masked: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Row ids with the masked noisy slots replaced by MASK. masked: (L,) bool -> (L,) long."""
-    if bool((masked & ~layout.candidate).any()):
-        raise ValueError("only response slots of the noisy copy may be masked")
-    return torch.where(masked, torch.full_like(layout.ids, mask_id), layout.ids)

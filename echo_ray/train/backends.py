@@ -1,4 +1,4 @@
-"""Training engines behind one small interface: DeepSpeed ZeRO (default) and plain torch DDP.
+"""Training backends behind one small interface: DeepSpeed ZeRO (default) and plain torch DDP.
 
 `make_engine(backend, ...)` picks from `ENGINES`. DeepSpeed is imported only when selected; when
 it is not installed (the `train` extra is absent) the DDP engine is used instead, with a log line.
@@ -157,7 +157,7 @@ class DDPEngine(TrainEngine):
 # backend name -> "module:Class"; imported on use so DeepSpeed loads only when chosen.
 ENGINES: dict[str, str] = {
     "deepspeed": "echo_ray.train.ds_engine:DeepSpeedEngine",
-    "ddp": "echo_ray.train.engines:DDPEngine",
+    "ddp": "echo_ray.train.backends:DDPEngine",
 }
 
 

@@ -10,9 +10,9 @@ import torch
 from echo_ray.config import DistributedConfig, OptimConfig, PromptConfig
 from echo_ray.data.phantom_dataset import phantom_rows
 from echo_ray.model.checkpoint import load_checkpoint
+from echo_ray.train.backends import DDPEngine, lr_factor, make_engine, resolve_backend
 from echo_ray.train.cpt import CptStage
 from echo_ray.train.ds_engine import deepspeed_config
-from echo_ray.train.engines import DDPEngine, lr_factor, make_engine, resolve_backend
 from echo_ray.train.examples import Limits
 from echo_ray.train.stage import ModelParts, StageModule
 
