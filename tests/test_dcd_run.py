@@ -18,6 +18,7 @@ from echo_ray.data.phantom_dataset import write_phantom_dataset
 from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint
 from echo_ray.train.dcd.driver import run_dcd
 from echo_ray.train.dcd.store import read_trajectories
+from echo_ray.train.launcher import FAULT_ENV
 
 ROUNDS, PER_ROUND, HELDOUT = 2, 4, 3
 
@@ -71,3 +72,39 @@ def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teach
     assert sorted(rounds) == [-1, 0, 1]
     assert rounds[1]["agreement"] > rounds[-1]["agreement"]
     assert rounds[0]["teacher_records"] == PER_ROUND
+
+
+def test_dead_train_worker_resumes_and_replays_the_stream_in_order(ray_cluster, confident_teacher, phantom_dir,
+                                                                    tmp_path, monkeypatch) -> None:  # fmt: skip
+    """Rank 1 exits at the start of step 4, after both ranks took step 3's packet from their queues.
+    The group restarts from the last registered checkpoint (step 2, or none if it was not collected
+    yet) and each rank replays the packets it had taken after it, from the packet log and the
+    trajectory store, before its queue: every step trains exactly the rows the feeder sent for it."""
+    data = write_phantom_dataset(phantom_dir, tmp_path / "data", dcd_rows=HELDOUT + ROUNDS * PER_ROUND)
+    out = tmp_path / "dcd"
+    monkeypatch.setenv(FAULT_ENV, "1:4")
+    cfg = load_config(None, {
+        "train.dcd_teacher.teacher": str(confident_teacher), "train.dcd_teacher.num_teachers": 1,
+        "train.dcd_teacher.rounds": ROUNDS, "train.dcd_teacher.prompts_per_round": PER_ROUND,
+        "train.dcd_teacher.heldout_prompts": HELDOUT, "train.dcd_teacher.top_k": 16, "train.dcd_teacher.teacher_steps": 4,
+        "train.dcd_teacher.max_new_tokens": 24, "train.dcd_teacher.teacher_batch_size": 2,
+        "train.dcd.data": str(data), "train.dcd.split": "dcd", "train.dcd.output_dir": str(out),
+        "train.dcd.batch_size": 1, "train.dcd.checkpoint_every": 2, "train.dcd.optim.warmup_steps": 0,
+        "train.distributed.num_workers": 2, "train.distributed.backend": "ddp", "train.distributed.max_failures": 1,
+    })  # fmt: skip
+    summary = run_dcd(cfg).summary
+    assert (out / ".fault_injected").is_file()
+    assert summary["steps"] == 4 and summary["untrained_rows"] == 0
+    assert summary["replayed_packets"] >= 2  # step 3's packet on both ranks, at least
+
+    trained = list(read_trajectories(out / "trajectories"))
+    assert len(trained) == ROUNDS * PER_ROUND and len({r.uid for r in trained}) == len(trained)  # teacher not rerun
+    study_of = {r.uid: r.task.study_id for r in trained}
+    sent = {e["step"]: e for e in map(json.loads, (out / "trajectories" / "packets.jsonl").read_text().splitlines())
+            if e["kind"] == "step"}  # fmt: skip
+    assert sorted(sent) == [1, 2, 3, 4]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines[:3]] == [1, 2, 3]  # then the restart: from step 2, or from the start
+    assert [m["step"] for m in lines[3:]] in ([3, 4], [1, 2, 3, 4])
+    for m in lines:  # rank 0's rows at every step, before and after the restart, are the ones sent for that step
+        assert m["study_ids"] == [study_of[u] for u in sent[m["step"]]["uids"][0]], m["step"]

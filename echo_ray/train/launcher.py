@@ -37,6 +37,7 @@ from echo_ray.storage import copy_tree, join, shown_path, write_text
 from echo_ray.train.checkpointing import MODEL_DIR
 from echo_ray.train.job import FaultSpec
 from echo_ray.train.preflight import StagePlan, plan_stage, stage_config
+from echo_ray.train.rows import DatasetRows, RowSource
 
 log = logging.getLogger(__name__)
 FAULT_ENV = "ECHO_TRAIN_FAULT"
@@ -64,11 +65,11 @@ def fault_from_env(output_dir: str) -> FaultSpec | None:
     return FaultSpec(rank, step, join(output_dir, ".fault_injected"))
 
 
-def build_trainer(plan: StagePlan, dataset, row_source=None):
+def build_trainer(plan: StagePlan, dataset, rows: RowSource = DatasetRows()):
     """The TorchTrainer for a plan (no resources are taken until `fit()`).
 
-    `row_source` (instead of a dataset): a picklable (job, parts, rank, position) -> row-batch
-    iterator factory for stages that stream their own rows (DCD's teacher stream).
+    `rows`: where the loop reads rows (echo_ray.train.rows): the `dataset` shard by default, or a
+    stage's own stream (DCD's teacher stream, with no dataset).
     """
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -81,7 +82,7 @@ def build_trainer(plan: StagePlan, dataset, row_source=None):
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ} | {"TOKENIZERS_PARALLELISM": "false"}
     return TorchTrainer(
         train_func,
-        train_loop_config={"job": plan.job, **({"row_source": row_source} if row_source is not None else {})},
+        train_loop_config={"job": plan.job, "rows": rows},
         torch_config=TorchConfig(backend="nccl" if d.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -122,14 +123,14 @@ def _worker_error(err: Exception) -> EchoError | None:
     return None
 
 
-def run_trainer(plan: StagePlan, dataset=None, row_source=None):
+def run_trainer(plan: StagePlan, dataset=None, rows: RowSource = DatasetRows()):
     """`build_trainer(...).fit()` with the controller poll period set; a failed run whose cause is
     bad input (an EchoError in a worker) re-raises that error. Returns Ray Train's Result."""
     from ray.train import TrainingFailedError
 
     try:
         with _controller_env(POLL_ENV, str(plan.job.dist.report_poll_s)):
-            return build_trainer(plan, dataset, row_source).fit()
+            return build_trainer(plan, dataset, rows).fit()
     except TrainingFailedError as e:
         user = _worker_error(e)
         if user is not None:
@@ -147,8 +148,12 @@ def launch(cfg: EchoConfig, stage: str) -> TrainOutcome:
         ray.init()
     dataset = ray.data.read_parquet(plan.data_files, columns=plan.columns)
     log.info("%s: %d rows from %d shard(s), %d workers", stage, plan.n_rows, len(plan.data_files), plan.job.dist.num_workers)
-    result = run_trainer(plan, dataset)
-    ckpt = result.checkpoint
+    return export_final(plan, run_trainer(plan, dataset))
+
+
+def export_final(plan: StagePlan, result) -> TrainOutcome:
+    """Copy the model of the run's final checkpoint to `<output_dir>/final` (HF-loadable)."""
+    ckpt, stage = result.checkpoint, plan.job.stage
     final = copy_tree(ckpt.filesystem, join(ckpt.path, MODEL_DIR), join(plan.output_dir, "final"))
     print(f"[{stage}] final model: {shown_path(final)}", flush=True)
     return TrainOutcome(stage, final, str(ckpt.path), dict(result.metrics or {}))

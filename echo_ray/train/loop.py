@@ -9,8 +9,11 @@ average the loss over ranks, and report loss, tokens/s, lr and grad norm through
 reports it. A restarted worker group (FailureConfig) restores the latest checkpoint: weights,
 optimizer, scheduler, step counter and data position.
 
+Rows come from the typed `RowSource` in the config (echo_ray.train.rows): the stage's Ray Data
+shard for CPT and RAD, the teacher stream for DCD, whose callbacks run the end-of-round evaluation.
+
 Usage (Ray Train calls it; see echo_ray.train.launcher):
-    TorchTrainer(train_func, train_loop_config={"job": job}, ...)
+    TorchTrainer(train_func, train_loop_config={"job": job, "rows": DatasetRows()}, ...)
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -27,9 +29,10 @@ import torch.distributed as dist
 from echo_ray.model.checkpoint import load_checkpoint, write_echo_meta
 from echo_ray.train.backends import StepStats, TrainEngine, make_engine, resolve_backend
 from echo_ray.train.checkpointing import TrainState, restore_checkpoint, write_checkpoint
-from echo_ray.train.data import DataPosition, row_batches
+from echo_ray.train.data import DataPosition
 from echo_ray.train.job import FaultSpec, StageJob, build_stage
 from echo_ray.train.metrics import MetricsLogger, worker_line
+from echo_ray.train.rows import RowSource, RowStream
 from echo_ray.train.stage import Batch, ModelParts, Stage, StageModule
 
 
@@ -85,18 +88,18 @@ def global_metrics(stats: StepStats, tokens: int, elapsed: float, pos: DataPosit
     return out
 
 
-def next_step_batches(job: StageJob, stage: Stage, parts: ModelParts, batches: Iterator, step: int, rank: int,
+def next_step_batches(job: StageJob, stage: Stage, parts: ModelParts, rows: RowStream, step: int, rank: int,
                       device: torch.device) -> tuple[list[Batch], DataPosition]:  # fmt: skip
     micro, pos = [], None
     for k in range(job.cfg.grad_accum):
-        rows, pos = next(batches)
+        batch_rows, pos = rows.next_rows()
         gen = torch.Generator().manual_seed(noise_seed(job.cfg.seed, step, rank, k))
-        micro.append(stage.build_batch(rows, parts, gen).to(device))
+        micro.append(stage.build_batch(batch_rows, parts, gen).to(device))
     return micro, pos
 
 
 def run_loop(job: StageJob, stage: Stage, parts: ModelParts, engine: TrainEngine, state: TrainState,
-             batches: Iterator, rank: int) -> TrainState:  # fmt: skip
+             rows: RowStream, rank: int) -> TrainState:  # fmt: skip
     """Train from `state.step` to `max_steps`; returns the final state."""
     import ray.train
 
@@ -108,7 +111,7 @@ def run_loop(job: StageJob, stage: Stage, parts: ModelParts, engine: TrainEngine
             step = state.step + 1
             maybe_fault(job.fault, rank, step)
             t0 = time.perf_counter()
-            micro, pos = next_step_batches(job, stage, parts, batches, step, rank, engine.device)
+            micro, pos = next_step_batches(job, stage, parts, rows, step, rank, engine.device)
             stats = engine.train_step(micro)
             state = TrainState(step, pos)
             metrics = global_metrics(stats, sum(b.n_tokens for b in micro), time.perf_counter() - t0, pos, engine.device)
@@ -130,7 +133,7 @@ def run_loop(job: StageJob, stage: Stage, parts: ModelParts, engine: TrainEngine
 
 
 def train_func(config: dict) -> None:
-    """Ray Train worker entry point: config = {"job": StageJob}."""
+    """Ray Train worker entry point: config = {"job": StageJob, "rows": RowSource} (echo_ray.train.rows)."""
     import ray.train
     import ray.train.torch
 
@@ -151,11 +154,8 @@ def train_func(config: dict) -> None:
         if rank == 0:
             worker_line(f"[{job.stage}] resumed from step {state.step} (epoch {state.position.epoch}, "
                         f"{state.position.batches} micro-batches in)")  # fmt: skip
-    source = config.get("row_source")  # optional: a stage's own row stream (DCD: echo_ray.train.dcd.worker)
-    if source is None:
-        batches = row_batches(ray.train.get_dataset_shard("train"), job.cfg.batch_size, state.position)
-    else:
-        batches = source(job, parts, rank, state.position)
-    state = run_loop(job, stage, parts, engine, state, batches, rank)
-    if hasattr(batches, "finish"):  # the stream's end-of-run bookkeeping (every rank; may be collective)
-        batches.finish(state)
+    source: RowSource = config["rows"]
+    rows = source.open(job, parts, rank, state.position)
+    rows.callbacks.on_start(state)
+    state = run_loop(job, stage, parts, engine, state, rows, rank)
+    rows.callbacks.on_finish(state)

@@ -14,9 +14,11 @@
    `<output_dir>/trajectories` (replayable), per-round records in `dcd_rounds.jsonl`, teacher
    metrics in `teacher_metrics.jsonl`, and the run summary in `dcd_summary.json`.
 
-A teacher actor that dies is replaced and its in-flight prompts are redone (`pool`). A train worker
-that dies fails the run (`max_failures` is forced to 0): the rows it had consumed since the last
-checkpoint cannot be re-streamed in order; rerun, or replay the stored trajectories.
+A teacher actor that dies is restarted by Ray and its in-flight prompts are redone (`pool`). A train
+worker that dies restarts the worker group from the last checkpoint (`train.distributed.max_failures`)
+and every worker replays, in order, the packets taken after it from the feeder's packet log and the
+trajectory store (`worker`, `stream`). Without stored trajectories (s3:// output, or
+`write_trajectories: false`) there is nothing to replay and `max_failures` is forced to 0.
 
 Usage:
     outcome = run_dcd(load_config("configs/tiny.yaml", {"train.dcd_teacher.teacher": "runs/rad/final"}))
@@ -29,24 +31,24 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import yaml
 
 from echo_ray.config import CONFIG_FILENAME, EchoConfig, to_dict
 from echo_ray.errors import ConfigError
-from echo_ray.storage import copy_tree, is_s3, join, read_text, write_text
-from echo_ray.train.checkpointing import MODEL_DIR
+from echo_ray.storage import is_s3, join, read_text, write_text
 from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta
 from echo_ray.train.dcd.feeder import Feeder
 from echo_ray.train.dcd.pool import TeacherPool
 from echo_ray.train.dcd.replay import replay_heldout, replay_results
 from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories, to_row
-from echo_ray.train.dcd.stream import planned_steps
+from echo_ray.train.dcd.stream import PACKETS_FILE, PacketLog, planned_steps
 from echo_ray.train.dcd.tasks import TaskPlan, TaskQueue, load_tasks, plan_tasks
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
 from echo_ray.train.dcd.worker import DcdRowSource
-from echo_ray.train.launcher import TrainOutcome, _worker_error, build_trainer
-from echo_ray.train.preflight import StagePlan, plan_stage
+from echo_ray.train.launcher import TrainOutcome, export_final, fault_from_env, run_trainer
+from echo_ray.train.preflight import StagePlan, plan_stage, stage_config
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +77,15 @@ def prepare(cfg: EchoConfig) -> tuple[EchoConfig, StagePlan]:
     else:
         check_teacher(student, cfg)  # replay: the student must still be a block-diffusion checkpoint
     cfg = replace(cfg, train=replace(cfg.train, dcd=replace(cfg.train.dcd, init_from=student_path)))
-    plan = plan_stage(cfg, "dcd")
+    plan = plan_stage(cfg, "dcd", fault_from_env(stage_config(cfg, "dcd").output_dir))
     W, s = cfg.train.distributed.num_workers, plan.job.cfg
     packets = t.rounds * planned_steps(t.prompts_per_round, W, s.batch_size)
     if packets % s.grad_accum:
         raise ConfigError(f"the rounds give {packets} micro-batches per worker, not a multiple of "
                           f"train.dcd.grad_accum={s.grad_accum}")  # fmt: skip
-    job = replace(plan.job, cfg=replace(s, max_steps=packets // s.grad_accum), dist=replace(plan.job.dist, max_failures=0))
+    replayable = t.write_trajectories and not t.replay_from and not is_s3(plan.output_dir)
+    dist = plan.job.dist if replayable else replace(plan.job.dist, max_failures=0)
+    job = replace(plan.job, cfg=replace(s, max_steps=packets // s.grad_accum), dist=dist)
     return cfg, replace(plan, job=job)
 
 
@@ -128,26 +132,30 @@ def _heldout(pool: TeacherPool, tasks: list, batch_size: int, writer: Trajectory
     return records, failures
 
 
-def _fit(plan: StagePlan, row_source: DcdRowSource, feeder: Feeder) -> TrainOutcome:
+def _packet_log(writer: TrajectoryWriter | None) -> PacketLog | None:
+    """This run's packet log beside the stored trajectories (a previous run's log is dropped)."""
+    if writer is None:
+        return None
+    path = Path(writer.root) / PACKETS_FILE
+    path.unlink(missing_ok=True)
+    return PacketLog(path)
+
+
+def _fit(plan: StagePlan, rows: DcdRowSource, feeder: Feeder) -> TrainOutcome:
+    """The shared launcher's trainer run (bad input in a worker re-raised as such) beside the feeder."""
     from ray.train import TrainingFailedError
 
     feeder.start()
     try:
-        result = build_trainer(plan, None, row_source=row_source).fit()
+        result = run_trainer(plan, None, rows)
     except TrainingFailedError as e:
-        user = _worker_error(e)
-        if user is not None:
-            raise type(user)(f"train dcd: {user}") from None
         if feeder.error is not None:
             raise feeder.error from e
         raise
     finally:
         feeder.stop()
     feeder.join(timeout=60)
-    ckpt = result.checkpoint
-    final = copy_tree(ckpt.filesystem, join(ckpt.path, MODEL_DIR), join(plan.output_dir, "final"))
-    print(f"[dcd] final model: {final}", flush=True)
-    return TrainOutcome("dcd", final, str(ckpt.path), dict(result.metrics or {}))
+    return export_final(plan, result)
 
 
 def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
@@ -177,8 +185,9 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
             results = pool.map(queue)
         queues = _queues(cfg, W, bs)
         feeder = Feeder(results, expected, queues, bs, writer, log_path=None if is_s3(out) else join(out, "teacher_metrics.jsonl"),
-                        on_failures=queue.replace if queue is not None else None)  # fmt: skip
-        source = DcdRowSource(queues, [to_row(r) for r in heldout], t.max_new_tokens, out)
+                        on_failures=queue.replace if queue is not None else None, packet_log=_packet_log(writer))  # fmt: skip
+        source = DcdRowSource(queues, [to_row(r) for r in heldout], t.max_new_tokens, out,
+                              trajectories=str(writer.root) if writer is not None else "")  # fmt: skip
         outcome = _fit(plan, source, feeder)
     finally:
         if pool is not None:

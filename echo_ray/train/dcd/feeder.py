@@ -7,6 +7,9 @@ put on a full queue blocks, which is the back-pressure (see `stream`). Rounds ar
 a round ends when all of its tasks came back as records or failures; results of a later round that
 complete early wait (bounded by the pool's in-flight window).
 
+With a `packet_log` (stream.PacketLog) every step and round_end is logged, by uid, before it is
+put, so a restarted train worker group can replay what the dead one had taken (worker.py).
+
 Failed studies (unreadable images) are reported through `on_failures`, which queues spares; the
 round then waits for `expected` records. Without it, failures count toward closing the round.
 
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from echo_ray.train.dcd.store import TrajectoryWriter, to_row
-from echo_ray.train.dcd.stream import StepPacker
+from echo_ray.train.dcd.stream import PacketLog, StepPacker
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,10 @@ class Feeder:
 
     def __init__(self, results: Iterable, expected: dict[int, int], queues: list, batch_size: int,
                  writer: TrajectoryWriter | None = None, log_path: str | Path | None = None, poll_s: float = 0.5,
-                 on_failures: Callable[[int, list[tuple[str, str]]], None] | None = None):  # fmt: skip
+                 on_failures: Callable[[int, list[tuple[str, str]]], None] | None = None,
+                 packet_log: PacketLog | None = None):  # fmt: skip
         self.results, self.queues, self.writer, self.on_failures = results, queues, writer, on_failures
+        self.packet_log = packet_log  # what was sent, so a restarted train worker group can replay it
         self.log_path = Path(log_path) if log_path else None
         self.packer = StepPacker(len(queues), batch_size)
         self.rounds = {r: _RoundStats(n, on_failures is None) for r, n in sorted(expected.items())}
@@ -110,6 +115,8 @@ class Feeder:
     def _put(self, packets: list[dict], stats: _RoundStats | None) -> None:
         """packets[w] into worker w's queue, blocking while it is full (the back-pressure)."""
         t0 = time.perf_counter()
+        if self.packet_log is not None:
+            self.packet_log.append(packets)  # before the put: a packet in a queue is always in the log
         for q, packet in zip(self.queues, packets):
             while not self._try_put(q, packet):
                 pass

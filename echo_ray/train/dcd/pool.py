@@ -1,4 +1,4 @@
-"""TeacherPool: N teacher actors decoding task batches, with dead-actor replacement.
+"""TeacherPool: N teacher actors decoding task batches, kept alive by Ray's actor fault tolerance.
 
 `map` submits task batches to the actors (at most `max_in_flight` calls per actor) and yields each
 `TeacherResult` as it completes. It is a generator: it submits more work only when the consumer asks
@@ -6,24 +6,25 @@ for the next result, so a consumer blocked on a full queue stops the teachers (b
 memory holds at most `num_actors * max_in_flight` batches of results.
 
 Exactly-once: a call's records come back only as its return value, never pushed from inside the
-actor, so a call either delivers all its records or none. When an actor dies (its process exits,
-its node goes away) every call it had in flight fails with `RayActorError`; the pool starts one
-replacement actor in the same slot and resubmits exactly those batches, so no target is lost or
-duplicated. Ray's own actor restarts are off (`max_restarts=0`) because they would not redo the
-in-flight calls. An actor that keeps dying (more than `max_replacements` times in all) is a bug or
-a resource problem and raises.
+actor, so a call either delivers all its records or none. The actors are created with
+`max_restarts` and `max_task_retries=-1`: when an actor's process dies (or its node goes away) Ray
+restarts it (the constructor reloads the teacher) and re-runs exactly the calls it had in flight,
+each of which still resolves its one ObjectRef once, so no target is lost or duplicated. A restarted
+actor names itself `<name>.restart@<pid>` and the pool counts the restarts it sees in the results
+(`replacements`). An actor that dies more than `max_restarts` times is a bug or a resource problem:
+its calls fail with RayActorError and `map` raises.
 
 Usage:
     pool = TeacherPool(TeacherWorker, (spec,), num_actors=2, num_cpus=0.5, num_gpus=0)
-    for result in pool.map(batches, round_of=lambda i: 0): ...
+    for result in pool.map(batches): ...
     pool.replacements, pool.shutdown()
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayActorError
@@ -31,51 +32,52 @@ from ray.exceptions import RayActorError
 from echo_ray.train.dcd.trajectory import PromptTask
 
 log = logging.getLogger(__name__)
+RESTART_TAG = ".restart@"
 
 
-@dataclass
-class _Call:
-    slot: int
-    generation: int
-    tasks: list[PromptTask]
-    round_index: int
+def _restart_aware(worker_cls: type) -> type:
+    """`worker_cls` whose name records a Ray restart (the constructor runs again in a new process)."""
+
+    class RestartAware(worker_cls):
+        def __init__(self, *args, name: str = "", **kwargs):
+            if ray.get_runtime_context().was_current_actor_reconstructed:
+                name = f"{name}{RESTART_TAG}{os.getpid()}"
+            super().__init__(*args, name=name, **kwargs)
+
+    RestartAware.__name__ = RestartAware.__qualname__ = worker_cls.__name__
+    return RestartAware
 
 
 class TeacherPool:
-    """A fixed number of actor slots running `worker_cls(*args)`; dead actors are replaced."""
+    """A fixed number of teacher actors running `worker_cls(*args)`; Ray restarts dead ones."""
 
     def __init__(self, worker_cls: type, args: tuple, num_actors: int, num_cpus: float = 1.0,
-                 num_gpus: float = 0.0, max_in_flight: int = 2, max_replacements: int = 8):  # fmt: skip
+                 num_gpus: float = 0.0, max_in_flight: int = 2, max_restarts: int = 8):  # fmt: skip
         if num_actors < 1:
             raise ValueError(f"a teacher pool needs at least one actor, got {num_actors}")
-        self._remote = ray.remote(worker_cls).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
-        self._args = args
-        self.max_in_flight, self.max_replacements = max_in_flight, max_replacements
-        self.replacements = 0
-        self._generation = [0] * num_actors
-        self._actors = [self._start(i) for i in range(num_actors)]
-
-    def _start(self, slot: int):
-        return self._remote.remote(*self._args, name=f"teacher-{slot}.{self._generation[slot]}")
+        remote = ray.remote(_restart_aware(worker_cls)).options(
+            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=-1)  # fmt: skip
+        self.max_in_flight, self.max_restarts = max_in_flight, max_restarts
+        self._actors = [remote.remote(*args, name=f"teacher-{i}") for i in range(num_actors)]
+        self._restarted: set[str] = set()
 
     @property
     def num_actors(self) -> int:
         return len(self._actors)
 
+    @property
+    def replacements(self) -> int:
+        """Actor restarts seen so far (each restarted process that returned a result)."""
+        return len(self._restarted)
+
     def ready(self, timeout: float | None = None) -> list[str]:
         """Block until every actor has loaded the teacher; returns their names."""
         return ray.get([a.ping.remote() for a in self._actors], timeout=timeout)
 
-    def _replace(self, slot: int, generation: int) -> None:
-        if generation != self._generation[slot]:
-            return  # this slot was already replaced after an earlier failed call
-        self.replacements += 1
-        if self.replacements > self.max_replacements:
-            raise RuntimeError(f"teacher actors died {self.replacements} times; giving up (see the actor logs)")
-        ray.kill(self._actors[slot], no_restart=True)
-        self._generation[slot] += 1
-        log.warning("teacher actor in slot %d died; starting replacement %d", slot, self._generation[slot])
-        self._actors[slot] = self._start(slot)
+    def _note(self, slot: int, teacher: str) -> None:
+        if RESTART_TAG in teacher and teacher not in self._restarted:
+            self._restarted.add(teacher)
+            log.warning("teacher actor %d was restarted by Ray (%s); its in-flight batches were re-run", slot, teacher)
 
     def map(self, batches: Iterable[tuple[int, list[PromptTask]]]) -> Iterator:
         """(round_index, tasks) batches -> TeacherResult per batch, in completion order.
@@ -84,35 +86,29 @@ class TeacherPool:
         return items later (`TaskQueue`), e.g. tasks the consumer added while handling a result.
         """
         todo = iter(batches)  # may be a `TaskQueue` that grows while we run (replacement tasks)
-        retry: list[_Call] = []
-        pending: dict[ray.ObjectRef, _Call] = {}
+        pending: dict[ray.ObjectRef, int] = {}
         load = [0] * self.num_actors
         while True:
-            while True:  # fill free slots: retries first, then new batches
+            while True:  # fill free slots with new batches, least loaded actor first
                 slot = min(range(self.num_actors), key=lambda s: load[s])
                 if load[slot] >= self.max_in_flight:
                     break
-                if retry:
-                    call = retry.pop(0)
-                    call.slot, call.generation = slot, self._generation[slot]
-                else:
-                    nxt = next(todo, None)
-                    if nxt is None:
-                        break
-                    call = _Call(slot, self._generation[slot], nxt[1], nxt[0])
-                pending[self._actors[slot].decode.remote(call.tasks, call.round_index)] = call
+                nxt = next(todo, None)
+                if nxt is None:
+                    break
+                pending[self._actors[slot].decode.remote(nxt[1], nxt[0])] = slot
                 load[slot] += 1
             if not pending:
                 return
             [ref], _ = ray.wait(list(pending), num_returns=1)
-            call = pending.pop(ref)
-            load[call.slot] -= 1
+            slot = pending.pop(ref)
+            load[slot] -= 1
             try:
                 result = ray.get(ref)
-            except RayActorError:
-                self._replace(call.slot, call.generation)
-                retry.append(call)
-                continue
+            except RayActorError as e:
+                raise RuntimeError(f"teacher actor {slot} died more than max_restarts={self.max_restarts} times; "
+                                   f"giving up (see the actor logs): {str(e).splitlines()[0]}") from None  # fmt: skip
+            self._note(slot, result.teacher)
             yield result
 
     def shutdown(self) -> None:

@@ -18,6 +18,11 @@ Packets: {"kind": "step", "round", "step", "rows"} and {"kind": "round_end", "ro
 (the feeder's teacher metrics for that round), then {"kind": "stop"}; a feeder that fails sends
 {"kind": "error", "message"} so no worker waits forever.
 
+Replay after a train worker dies: the feeder also appends every step and round_end it sends to a
+`PacketLog` (uids only; the rows are in the trajectory store). A restarted worker group resumes from
+its last checkpoint (step s) and `replay_packets` rebuilds, for one worker, the packets after s that
+the dead group had already taken from the queues, in order; the live queue continues after them.
+
 Usage:
     packer = StepPacker(num_workers=2, batch_size=4)
     steps = packer.add(rows); steps += packer.end_round()      # each step: list of per-worker row lists
@@ -26,8 +31,10 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 def deal(rows: list, num_workers: int) -> list[list]:
@@ -111,3 +118,52 @@ class PacketReader:
             if packet["kind"] == "error":
                 raise RuntimeError(f"DCD feeder failed: {packet['message']}")
             yield packet
+
+
+PACKETS_FILE = "packets.jsonl"
+
+
+class PacketLog:
+    """Append-only record of the packets sent to the workers, one line per step or round_end."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, packets: list[dict]) -> None:
+        """`packets[w]` is what worker w gets; steps are logged by uid, round ends with their stats."""
+        kind = packets[0]["kind"]
+        if kind == "step":
+            entry = {"kind": "step", "round": packets[0]["round"], "step": packets[0]["step"],
+                     "uids": [[row["uid"] for row in p["rows"]] for p in packets]}  # fmt: skip
+        elif kind == "round_end":
+            entry = {"kind": "round_end", "round": packets[0]["round"], "stats": packets[0]["stats"]}
+        else:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def replay_packets(log_path: str | Path, rows_by_uid, rank: int, after_step: int) -> list[dict]:
+    """Worker `rank`'s packets logged after step `after_step`, rows looked up by uid, in order.
+
+    rows_by_uid(uids) -> {uid: row} (the trajectory store). `after_step` 0: from the first packet
+    (a fresh start, or a restart before the first checkpoint). Raises when the log lacks that step.
+    """
+    path = Path(log_path)
+    entries = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x] if path.is_file() else []
+    at = [i for i, e in enumerate(entries) if e["kind"] == "step" and e["step"] == after_step]
+    if after_step and not at:
+        raise RuntimeError(f"{log_path} has no step {after_step}: cannot replay the DCD stream after it")
+    tail = entries[at[0] + 1 :] if after_step else entries
+    need = {u for e in tail if e["kind"] == "step" for u in e["uids"][rank]}
+    rows = rows_by_uid(need) if need else {}
+    return [{"kind": "step", "round": e["round"], "step": e["step"], "rows": [rows[u] for u in e["uids"][rank]]}
+            if e["kind"] == "step" else dict(e) for e in tail]  # fmt: skip
+
+
+def same_packet(a: dict, b: dict) -> bool:
+    """Whether two packets are the same send (a step by its number, a round end by its round)."""
+    if a["kind"] != b["kind"]:
+        return False
+    return a["step"] == b["step"] if a["kind"] == "step" else a.get("round") == b.get("round")

@@ -1,14 +1,21 @@
-"""The DCD row source inside each Ray Train worker: teacher stream in, rows for the shared loop out.
+"""The DCD row source inside each Ray Train worker: teacher stream in, rows and round ends out.
 
-The shared loop (echo_ray.train.loop) asks its row source for micro-batches of rows; for DCD that
-source is `StreamRows`, which reads this worker's queue (see `stream` for the packet protocol):
-a step packet is one micro-batch of trajectory rows for `DcdStage.build_batch`; a round_end packet
-triggers the round's bookkeeping on rank 0: the student's one-step agreement with the teacher on
-the held-out prompts (`agreement`), the trainer's idle fraction so far, and the teacher metrics the
-feeder attached, appended to `<output_dir>/dcd_rounds.jsonl` and TensorBoard (`dcd/*`). Rank 0
-also measures agreement once before the first step (round -1: the teacher's own one-step score,
-since the student starts as the teacher). After the last step the loop calls `finish`, which
-reads the last round_end, evaluates the final model, and averages the idle time over ranks.
+The shared loop (echo_ray.train.loop) opens the `DcdRowSource` it is given (echo_ray.train.rows)
+and gets this worker's `RowStream`:
+* `StreamRows` only reads this worker's queue (see `stream` for the packet protocol): a step packet
+  becomes one micro-batch of trajectory rows for `DcdStage.build_batch`; a round_end packet becomes
+  a `RoundEnd` event, which the loop hands to the callbacks;
+* `DcdRounds` (the callbacks) does the round bookkeeping on rank 0: the student's one-step
+  agreement with the teacher on the held-out prompts (`agreement`), the trainer's idle fraction so
+  far, and the teacher metrics the feeder attached, appended to `<output_dir>/dcd_rounds.jsonl` and
+  TensorBoard (`dcd/*`). `on_start` measures agreement once before the first step (round -1: the
+  teacher's own one-step score, since the student starts as the teacher); `on_finish` reads the
+  last round_end, evaluates the final model, and averages the idle time over ranks.
+
+A train worker that dies restarts the group from the last checkpoint (Ray Train `FailureConfig`);
+each worker then replays, from the feeder's packet log and the trajectory store, the packets the
+dead group had already taken after that checkpoint, in order, before reading its queue again
+(`stream.replay_packets`). Idle time after a restart counts from the restart.
 
 Idle fraction = seconds blocked on the queue / seconds in the loop (agreement evaluation time
 excluded). The wait for the very first packet (trainer and teacher start-up) is included in
@@ -17,9 +24,9 @@ excluded). The wait for the very first packet (trainer and teacher start-up) is 
 With ZeRO-3 the weights are partitioned and a plain forward outside the engine is impossible, so
 the in-loop agreement is skipped (the driver still scores the final model).
 
-Usage (the driver hands the factory to the loop through train_loop_config["row_source"]):
+Usage (the driver passes the source to the loop as train_loop_config["rows"]):
     source = DcdRowSource(queues, heldout_rows, max_new_tokens=160, output_dir="runs/dcd")
-    rows_iter = source(job, parts, rank, position); rows, pos = next(rows_iter); rows_iter.finish(state)
+    stream = source.open(job, parts, rank, position); stream.next_rows(); stream.callbacks.on_finish(state)
 """
 
 from __future__ import annotations
@@ -34,73 +41,126 @@ import torch
 
 from echo_ray.errors import InputError
 from echo_ray.model.prompt import build_prompt
-from echo_ray.storage import is_s3, join, read_image, write_text
+from echo_ray.storage import exists, is_s3, join, read_image, read_text, write_text
 from echo_ray.train.data import DataPosition
 from echo_ray.train.dcd.agreement import onestep_agreement
-from echo_ray.train.dcd.store import from_row
-from echo_ray.train.dcd.stream import PacketReader
+from echo_ray.train.dcd.store import from_row, read_trajectories, to_row
+from echo_ray.train.dcd.stream import PACKETS_FILE, PacketReader, replay_packets, same_packet
 from echo_ray.train.metrics import worker_line
+from echo_ray.train.rows import LoopCallbacks, LoopEvent, RowStream
 
 ROUNDS_FILE = "dcd_rounds.jsonl"
 
 
 @dataclass
+class RoundEnd(LoopEvent):
+    round: int
+    stats: dict
+
+
+@dataclass
 class DcdRowSource:
-    """Picklable factory: (job, parts, rank, position) -> this worker's `StreamRows`."""
+    """Picklable row source: this worker's teacher stream and its round bookkeeping.
+
+    `trajectories`: the local trajectory store with the feeder's packet log (`stream.PACKETS_FILE`);
+    with it a restarted worker group replays what the dead one had taken from the queues.
+    """
 
     queues: list
     heldout: list[dict]  # held-out teacher trajectories as `store.to_row` dicts
     max_new_tokens: int
     output_dir: str
+    trajectories: str = ""
 
-    def __call__(self, job, parts, rank: int, position: DataPosition) -> "StreamRows":
+    def open(self, job, parts, rank: int, position: DataPosition) -> RowStream:
+        replay = None  # without a packet log (trajectories not stored) a restarted group cannot replay
+        if self.trajectories:
+            replay = replay_packets(Path(self.trajectories) / PACKETS_FILE, self._rows_by_uid, rank, position.batches)
+        elif position.batches:
+            raise RuntimeError("a DCD run without stored trajectories cannot resume mid-stream; rerun it")
         if position.batches:
-            raise RuntimeError("a DCD run cannot resume mid-stream; rerun it (or replay its trajectories)")
+            worker_line(f"[dcd] rank {rank} resumes after step {position.batches}: up to {len(replay)} packet(s) to replay")
         evaluate = job.dist.backend == "ddp" or job.dist.zero_stage < 3
-        return StreamRows(self.queues[rank], self.heldout if evaluate else [], parts, rank, self)
+        rows = StreamRows(self.queues[rank], replay, position.batches)
+        return RowStream(rows, DcdRounds(rows, self.heldout if evaluate else [], parts, rank, self))
+
+    def _rows_by_uid(self, uids: set[str]) -> dict[str, dict]:
+        return {rec.uid: to_row(rec) for rec in read_trajectories(self.trajectories) if rec.uid in uids}
 
 
 class StreamRows:
-    """Iterator of (rows, DataPosition) for the loop, plus round bookkeeping."""
+    """Iterator over this worker's packets: (rows, DataPosition) per step packet, RoundEnd events.
 
-    def __init__(self, queue, heldout: list[dict], parts, rank: int, source: DcdRowSource):
+    `replay`: packets to deliver before the live queue (after a restart), up to the first one the
+    queue still holds; `steps`: step packets already taken before this stream (the checkpoint's).
+    """
+
+    def __init__(self, queue, replay: list[dict] | None = None, steps: int = 0):
         self.reader = PacketReader(queue)
         self._packets = iter(self.reader)
-        self.parts, self.rank, self.source = parts, rank, source
-        self.heldout = [from_row(r) for r in heldout]
-        self._prompts = None
+        self._replay, self._head = replay, None
         self.t0 = time.perf_counter()
-        self.eval_s = 0.0
-        self.rounds: list[dict] = []
-        self.steps = 0
+        self.steps = steps
+        self.replayed = 0
         self.first_step_at: float | None = None
-        self._started = False
 
     def __iter__(self) -> "StreamRows":
         return self
 
-    def __next__(self) -> tuple[list[dict], DataPosition]:
-        if not self._started:
-            self._started = True
-            self._round_record(-1, {})
-        for packet in self._packets:
-            if packet["kind"] == "round_end":
-                self._round_record(packet["round"], packet["stats"])
-                continue
-            self.steps += 1
-            if self.first_step_at is None:
-                self.first_step_at = time.time()
-            return packet["rows"], DataPosition(epoch=int(packet["round"]), batches=int(packet["step"]))
-        raise StopIteration
+    def _next_packet(self) -> dict:
+        if self._replay is None:
+            return next(self._packets)  # StopIteration at "stop"
+        if self._head is None:  # first call after a restart: where does the live queue stand?
+            self._head = next(self._packets, {"kind": "stop"})
+            cut = [i for i, p in enumerate(self._replay) if same_packet(p, self._head)]
+            self._replay = self._replay[: cut[0]] if cut else self._replay
+        if self._replay:
+            self.replayed += 1
+            return self._replay.pop(0)
+        head, self._replay = self._head, None
+        if head["kind"] == "stop":
+            raise StopIteration
+        return head
 
-    # --- bookkeeping -------------------------------------------------------------------------
+    def __next__(self) -> tuple[list[dict], DataPosition] | RoundEnd:
+        packet = self._next_packet()
+        if packet["kind"] == "round_end":
+            return RoundEnd(int(packet["round"]), packet["stats"])
+        self.steps += 1
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+        return packet["rows"], DataPosition(epoch=int(packet["round"]), batches=int(packet["step"]))
+
+
+class DcdRounds(LoopCallbacks):
+    """Round records (rank 0) and the end-of-run summary (every rank)."""
+
+    def __init__(self, rows: StreamRows, heldout: list[dict], parts, rank: int, source: DcdRowSource):
+        self.rows, self.parts, self.rank, self.source = rows, parts, rank, source
+        self.heldout = [from_row(r) for r in heldout]
+        self._prompts = None
+        self.eval_s = 0.0
+        self.rounds: list[dict] = []
+
+    def on_start(self, state) -> None:
+        if state.step == 0:
+            self._round_record(-1, {})
+        elif self.rank == 0:  # resumed: keep the rounds recorded before the restart
+            path = join(self.source.output_dir, ROUNDS_FILE)
+            self.rounds = [json.loads(x) for x in read_text(path).splitlines() if x] if exists(path) else []
+
+    def on_event(self, event: LoopEvent) -> None:
+        if isinstance(event, RoundEnd):
+            self._round_record(event.round, event.stats)
+
     def idle(self) -> dict[str, float]:
-        wall = max(time.perf_counter() - self.t0 - self.eval_s, 1e-9)
-        first = self.reader.first_wait_s or 0.0
+        reader = self.rows.reader
+        wall = max(time.perf_counter() - self.rows.t0 - self.eval_s, 1e-9)
+        first = reader.first_wait_s or 0.0
         return {
-            "idle_fraction": (self.reader.wait_s + first) / wall,
-            "idle_fraction_steady": self.reader.wait_s / max(wall - first, 1e-9),
-            "wait_s": self.reader.wait_s + first,
+            "idle_fraction": (reader.wait_s + first) / wall,
+            "idle_fraction_steady": reader.wait_s / max(wall - first, 1e-9),
+            "wait_s": reader.wait_s + first,
             "first_wait_s": first,
             "wall_s": wall,
         }
@@ -130,10 +190,10 @@ class StreamRows:
     def _round_record(self, r: int, teacher_stats: dict) -> None:
         if self.rank != 0:
             return
-        rec = {"round": r, "time": time.time(), "steps": self.steps, "first_step_at": self.first_step_at,
+        rec = {"round": r, "time": time.time(), "steps": self.rows.steps, "first_step_at": self.rows.first_step_at,
                **self._agreement(), **self.idle(), **{f"teacher_{k}" if not k.startswith("teacher") else k: v
                                                        for k, v in teacher_stats.items() if k != "round"}}  # fmt: skip
-        self.rounds.append(rec)
+        self.rounds = [x for x in self.rounds if x["round"] != r] + [rec]  # a replayed round end replaces its record
         self._write(rec)
         shown = {k: round(v, 4) for k, v in rec.items() if k in ("agreement", "idle_fraction", "teacher_records_per_s")}
         worker_line(f"[dcd] round {r}: {shown}")
@@ -150,25 +210,24 @@ class StreamRows:
                 if isinstance(v, (int, float)) and k not in ("round", "time", "first_step_at"):
                     tb.add_scalar(f"dcd/{k}", v, rec["round"] + 1)
 
-    def finish(self, state) -> dict:
+    def on_finish(self, state) -> None:
         """After the last step: read the final round_end, score the final model, average idle time."""
         import torch.distributed as dist
 
         untrained = 0
-        for packet in self._packets:  # ends at "stop"
-            if packet["kind"] == "round_end":
-                self._round_record(packet["round"], packet["stats"])
+        for item in self.rows:  # ends at "stop"
+            if isinstance(item, RoundEnd):
+                self._round_record(item.round, item.stats)
             else:
-                untrained += len(packet["rows"])
+                untrained += len(item[0])
         idle = self.idle()
-        t = torch.tensor([idle["wait_s"], idle["wall_s"], float(untrained)], dtype=torch.float64)
+        t = torch.tensor([idle["wait_s"], idle["wall_s"], float(untrained), float(self.rows.replayed)], dtype=torch.float64)
         if dist.is_initialized():
             on = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces device tensors only
             t = t.to(on)
             dist.all_reduce(t)
             t = t.cpu()
-        summary = {"trainer_idle_fraction": float(t[0] / t[1]), "untrained_rows": int(t[2]), "steps": self.steps,
-                   "first_step_at": self.first_step_at, "rounds": self.rounds}  # fmt: skip
+        summary = {"trainer_idle_fraction": float(t[0] / t[1]), "untrained_rows": int(t[2]), "steps": self.rows.steps,
+                   "replayed_packets": int(t[3]), "first_step_at": self.rows.first_step_at, "rounds": self.rounds}  # fmt: skip
         if self.rank == 0:
             write_text(join(self.source.output_dir, "dcd_summary.json"), json.dumps(summary, indent=2))
-        return summary
