@@ -82,7 +82,7 @@ def rad_in_process(args, data: str, work: Path) -> str:
     import pyarrow.dataset as pads
     import torch
 
-    from echo_ray.config import PromptConfig, RadConfig, TinyModelConfig
+    from echo_ray.config import NoiseConfig, PromptConfig, TinyModelConfig
     from echo_ray.data.phantom import tokenizer_corpus
     from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint, write_echo_meta
     from echo_ray.model.tiny import build_tiny_checkpoint
@@ -95,7 +95,7 @@ def rad_in_process(args, data: str, work: Path) -> str:
     ckpt = load_checkpoint(str(init))
     rows = pads.dataset(str(Path(data) / "train"), format="parquet").to_table().to_pylist()
     parts = ModelParts(ckpt.model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, 8, PromptConfig())
-    stage, model = RadStage(Limits(2048, 256), RadConfig()), ckpt.model.train()
+    stage, model = RadStage(Limits(2048, 256), NoiseConfig()), ckpt.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.rad_lr, betas=(0.9, 0.95))
     n, warm = args.rad_steps, 20
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -141,7 +141,7 @@ def run_distillation(args, teacher: str, data: str, work: Path):
         "train.dcd_teacher.rounds": args.rounds, "train.dcd_teacher.prompts_per_round": args.prompts_per_round,
         "train.dcd_teacher.heldout_prompts": args.heldout, "train.dcd_teacher.top_k": args.top_k,
         "train.dcd_teacher.teacher_steps": args.steps, "train.dcd_teacher.max_new_tokens": args.max_new_tokens,
-        "train.dcd_teacher.weight_schedule": args.schedule, "train.dcd_teacher.weight_strength": args.strength,
+        "train.dcd.loss.weight_schedule": args.schedule, "train.dcd.loss.weight_strength": args.strength,
         "train.dcd.data": data, "train.dcd.split": "dcd", "train.dcd.output_dir": str(work / "dcd"),
         "train.dcd.batch_size": args.batch_size, "train.dcd.optim.lr": args.lr, "train.dcd.optim.warmup_steps": 2,
         "train.dcd.max_response_tokens": max(256, args.max_new_tokens + 16),

@@ -189,7 +189,8 @@ class OptimConfig:
 
 @dataclass
 class StageConfig:
-    """Settings shared by every training stage; each stage section overrides what differs."""
+    """Settings shared by every training stage; each stage's class adds its own (CptConfig,
+    RadConfig, DcdConfig), and each stage section overrides what differs."""
 
     init_from: str = ""  # checkpoint directory or s3:// (empty = model.path / tiny preset)
     output_dir: str = "runs/stage"
@@ -228,22 +229,60 @@ class DistributedConfig:
 
 
 @dataclass
-class RadConfig:
+class NoiseConfig:
+    """RAD's per-block masking rate range, t ~ U(t_min, t_max)."""
+
     t_min: float = 0.3
     t_max: float = 0.8
 
+    def check(self, where: str) -> None:
+        if not 0.0 < self.t_min <= self.t_max <= 1.0:
+            raise ConfigError(f"{where} needs 0 < t_min <= t_max <= 1, got [{self.t_min}, {self.t_max}]")
+
 
 @dataclass
-class DcdConfig:
+class DcdLossConfig:
+    """The DCD student's loss weights: w(s) per commit step, and the weight of EOS targets."""
+
+    weight_schedule: Literal["linear", "exp", "flat"] = "linear"
+    weight_strength: float = 1.0
+    eos_weight: float = 1.0
+
+    def check(self, where: str) -> None:
+        for name in ("weight_strength", "eos_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class CptConfig(StageConfig):
+    """Stage 1 (CPT): the shared settings only."""
+
+
+@dataclass
+class RadConfig(StageConfig):
+    """Stage 2 (RAD): the shared settings and the masking noise."""
+
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+@dataclass
+class DcdConfig(StageConfig):
+    """Stage 3 (DCD), the student side: the shared settings and the loss weights."""
+
+    loss: DcdLossConfig = field(default_factory=DcdLossConfig)
+
+
+@dataclass
+class DcdTeacherConfig:
+    """Stage 3 (DCD), the teacher side: the teacher pool, the rounds and the stream."""
+
     teacher: str = ""  # ECHO_Base checkpoint
     num_teachers: int = 1
     rounds: int = 2
     prompts_per_round: int = 64
     top_k: int = 64
     teacher_steps: Optional[int] = None  # None = block size
-    weight_schedule: Literal["linear", "exp", "flat"] = "linear"
-    weight_strength: float = 1.0
-    eos_weight: float = 1.0
     queue_size: int = 32  # trajectory rows buffered between teachers and trainer (over all workers)
     replay_from: str = ""  # Parquet trajectories to replay instead of running teachers
     teacher_cpus: float = 0.5
@@ -257,11 +296,10 @@ class DcdConfig:
 @dataclass
 class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    cpt: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/cpt"))
-    rad: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/rad"))
-    dcd: StageConfig = field(default_factory=lambda: StageConfig(output_dir="runs/dcd", split="dcd"))
-    rad_noise: RadConfig = field(default_factory=RadConfig)
-    dcd_teacher: DcdConfig = field(default_factory=DcdConfig)
+    cpt: CptConfig = field(default_factory=lambda: CptConfig(output_dir="runs/cpt"))
+    rad: RadConfig = field(default_factory=lambda: RadConfig(output_dir="runs/rad"))
+    dcd: DcdConfig = field(default_factory=lambda: DcdConfig(output_dir="runs/dcd", split="dcd"))
+    dcd_teacher: DcdTeacherConfig = field(default_factory=DcdTeacherConfig)
 
 
 @dataclass
@@ -430,7 +468,11 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = Non
             kwargs[k] = from_dict(hints[k], v, prefix=key, base=current)
         else:
             kwargs[k] = _convert(hints[k], v, key)
-    return dataclasses.replace(base, **kwargs)
+    out = dataclasses.replace(base, **kwargs)
+    check = getattr(out, "check", None)
+    if check is not None:  # range checks of a section, where it is loaded, naming its dotted key
+        check(prefix or cls.__name__)
+    return out
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -503,10 +545,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return clean(dataclasses.asdict(cfg))
 
 
-def save_config(cfg: Any, out_dir: str | Path, name: str = CONFIG_FILENAME) -> Path:
-    """Write the resolved config next to an output; returns the written path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / name
-    target.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return target
+def save_config(cfg: Any, out_dir: str | Path, name: str = CONFIG_FILENAME, section: str = "") -> Path | str:
+    """The one writer of the resolved config next to an output (local directory or s3://).
+
+    `section` nests the tree under that key (the normalization output keeps its `normalize:` part).
+    Returns the written path (a Path locally, the URI on S3).
+    """
+    from echo_ray.storage import is_s3, join, write_text
+
+    data = {section: to_dict(cfg)} if section else to_dict(cfg)
+    target = join(str(out_dir), name)
+    write_text(target, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return target if is_s3(target) else Path(target)

@@ -1,7 +1,7 @@
 """Ray job entry point for Stage 3, DCD: teacher actor pool -> streamed trajectories -> one-step student.
 
-Reads `train.dcd_teacher` (teacher, rounds, prompts_per_round, top_k, weights, ...), `train.dcd`
-(the student's StageConfig: data, split, batch size, optimizer, output_dir), `train.distributed`,
+Reads `train.dcd_teacher` (teacher, rounds, prompts_per_round, top_k, ...), `train.dcd` (the
+student's DcdConfig: data, split, batch size, optimizer, loss weights, output_dir), `train.distributed`,
 `model` and `prompt` from the config; flags are those of `echo-ray train dcd`
 (echo_ray/train/dcd/cli.py). Exit 0 when the final model was written, 2 on bad input.
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from echo_ray.config import DcdConfig, PromptConfig
+from echo_ray.config import DcdLossConfig, PromptConfig
 from echo_ray.data.phantom import read_phantom
 from echo_ray.errors import InputError
 from echo_ray.model.forward import embed, extend_positions, image_features, lm_logits, prompt_positions
@@ -111,7 +111,7 @@ def test_targets_equal_recomputed_partial_block(worker, result) -> None:
 def test_student_batch_layout(worker, result) -> None:
     c = worker.ckpt
     parts = ModelParts(c.model, c.tokenizer, c.image_processor, c.mask_id, B, PromptConfig())
-    cfg = DcdConfig(weight_schedule="linear", weight_strength=3.0, eos_weight=2.0)
+    cfg = DcdLossConfig(weight_schedule="linear", weight_strength=3.0, eos_weight=2.0)
     rec = result.records[0]
     # a record that ends with EOS inside its last block: EOS targets from there on
     eos_rec = from_row(to_row(rec))
@@ -138,7 +138,7 @@ def test_prompt_mismatch_is_an_error(worker, result) -> None:
     c = worker.ckpt
     parts = ModelParts(c.model, c.tokenizer, c.image_processor, c.mask_id, B, PromptConfig(system="Another system."))
     with pytest.raises(InputError, match="differs from the one the teacher decoded"):
-        DcdStage(Limits(2048, 256), DcdConfig()).build_batch([to_row(result.records[0])], parts, torch.Generator())
+        DcdStage(Limits(2048, 256), DcdLossConfig()).build_batch([to_row(result.records[0])], parts, torch.Generator())
 
 
 def test_parquet_round_trip(tmp_path, result) -> None:

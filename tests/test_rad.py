@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from echo_ray.config import PromptConfig, RadConfig
+from echo_ray.config import NoiseConfig, PromptConfig
 from echo_ray.data.phantom_dataset import phantom_rows
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
@@ -28,7 +28,7 @@ def rows(phantom_dir):
 
 
 def _stage(max_response: int = 256) -> RadStage:
-    return RadStage(Limits(max_prompt_tokens=512, max_response_tokens=max_response), RadConfig(t_min=0.3, t_max=0.8))
+    return RadStage(Limits(max_prompt_tokens=512, max_response_tokens=max_response), NoiseConfig(t_min=0.3, t_max=0.8))
 
 
 def test_batch_layout_follows_method(parts, rows):

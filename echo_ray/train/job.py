@@ -6,7 +6,7 @@ stage run) and the registry of stages the shared loop can run.
 
 Usage:
     job = StageJob(stage="rad", cfg=cfg.train.rad, dist=cfg.train.distributed, prompt=cfg.prompt,
-                   model_path="runs/cpt/final", block_size=8, options=cfg.train.rad_noise)
+                   model_path="runs/cpt/final", block_size=8)   # RAD reads job.cfg.noise
     stage = build_stage(job)
 """
 
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
 
-from echo_ray.config import DistributedConfig, PromptConfig, StageConfig
+from echo_ray.config import CptConfig, DcdConfig, DistributedConfig, PromptConfig, RadConfig
 from echo_ray.train.examples import Limits
 from echo_ray.train.stage import Stage
 
@@ -40,7 +39,7 @@ class FaultSpec:
 @dataclass
 class StageJob:
     stage: str
-    cfg: StageConfig
+    cfg: CptConfig | RadConfig | DcdConfig  # the stage's own config: RAD's carries `noise`, DCD's `loss`
     dist: DistributedConfig
     prompt: PromptConfig
     model_path: str  # resolved init checkpoint (local dir on shared storage, or s3://)
@@ -48,7 +47,6 @@ class StageJob:
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     cache_dir: str = "~/.cache/echo_ray/models"
-    options: Any = None  # stage-specific config (RadConfig for rad, DcdConfig for dcd)
     max_pixels: int | None = None  # image processor bounds (model.max_pixels / min_pixels)
     min_pixels: int | None = None
     fault: FaultSpec | None = None
@@ -67,7 +65,7 @@ def cpt_stage(job: StageJob) -> Stage:
 def rad_stage(job: StageJob) -> Stage:
     from echo_ray.train.rad import RadStage
 
-    return RadStage(job.limits, job.options)
+    return RadStage(job.limits, job.cfg.noise)
 
 
 def build_stage(job: StageJob) -> Stage:

@@ -29,11 +29,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 
-from echo_ray.config import CONFIG_FILENAME, EchoConfig, to_dict
+from echo_ray.config import EchoConfig, save_config
 from echo_ray.errors import ConfigError, EchoError
-from echo_ray.storage import copy_tree, join, shown_path, write_text
+from echo_ray.storage import copy_tree, join, shown_path
 from echo_ray.train.checkpointing import MODEL_DIR
 from echo_ray.train.job import FaultSpec
 from echo_ray.train.preflight import StagePlan, plan_stage, stage_config
@@ -143,7 +142,7 @@ def launch(cfg: EchoConfig, stage: str) -> TrainOutcome:
     import ray
 
     plan = plan_stage(cfg, stage, fault_from_env(stage_config(cfg, stage).output_dir))
-    write_text(join(plan.output_dir, CONFIG_FILENAME), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    save_config(cfg, plan.output_dir)
     if not ray.is_initialized():
         ray.init()
     dataset = ray.data.read_parquet(plan.data_files, columns=plan.columns)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 
-from echo_ray.config import EchoConfig, StageConfig
+from echo_ray.config import CptConfig, DcdConfig, EchoConfig, RadConfig
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, set_pixel_bounds
 from echo_ray.storage import download_dir, exists, is_s3, join, list_files, resolve_fs, upload_dir
@@ -40,7 +40,7 @@ class StagePlan:
     storage_path: str
 
 
-def stage_config(cfg: EchoConfig, stage: str) -> StageConfig:
+def stage_config(cfg: EchoConfig, stage: str) -> CptConfig | RadConfig | DcdConfig:
     if stage not in STAGES:
         raise ConfigError(f"unknown training stage {stage!r}; expected one of {sorted(STAGES)}")
     return getattr(cfg.train, stage)
@@ -66,9 +66,7 @@ def check_settings(cfg: EchoConfig, stage: str) -> None:
             "sdpa (on GPUs it runs PyTorch's fused memory-efficient attention kernel)"
         )
     if stage == "rad":
-        n = cfg.train.rad_noise
-        if not 0.0 < n.t_min <= n.t_max <= 1.0:
-            raise ConfigError(f"train.rad_noise needs 0 < t_min <= t_max <= 1, got [{n.t_min}, {n.t_max}]")
+        cfg.train.rad.noise.check("train.rad.noise")  # also checked when loaded; configs built in code come here
     if cfg.model.block_size <= 0:
         raise ConfigError(f"model.block_size must be positive, got {cfg.model.block_size}")
 
@@ -171,11 +169,10 @@ def plan_stage(cfg: EchoConfig, stage: str, fault: FaultSpec | None = None) -> S
     check_sample_rows(cfg, stage, model_path, files)
     if not is_s3(s.output_dir):  # workers run in other directories (and on other nodes)
         s = replace(s, output_dir=str(Path(s.output_dir).expanduser().resolve()))
-    options = {"rad": cfg.train.rad_noise, "dcd": cfg.train.dcd_teacher}.get(stage)
     job = StageJob(
         stage=stage, cfg=s, dist=d, prompt=cfg.prompt, model_path=model_path, block_size=cfg.model.block_size,
         dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation, cache_dir=cfg.model.cache_dir,
-        options=options, fault=fault, max_pixels=cfg.model.max_pixels, min_pixels=cfg.model.min_pixels,
+        fault=fault, max_pixels=cfg.model.max_pixels, min_pixels=cfg.model.min_pixels,
     )  # fmt: skip
     storage = d.storage_path or join(s.output_dir, "ray")
     if not is_s3(storage):

@@ -9,7 +9,7 @@ sum of CE / t over masked slots, no token shift, over the number of response tok
 right-padded to the longest row; padding is never attended to and never scored.
 
 Usage:
-    stage = RadStage(Limits(2048, 256), RadConfig(t_min=0.3, t_max=0.8))
+    stage = RadStage(Limits(2048, 256), NoiseConfig(t_min=0.3, t_max=0.8))
     batch = stage.build_batch(rows, parts, torch.Generator().manual_seed(0))
     loss, metrics = stage.loss(model, batch.to(device))
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from echo_ray.config import RadConfig
+from echo_ray.config import NoiseConfig
 from echo_ray.errors import InputError
 from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
@@ -100,7 +100,7 @@ class RadStage:
 
     name = "rad"
 
-    def __init__(self, limits: Limits, noise: RadConfig):
+    def __init__(self, limits: Limits, noise: NoiseConfig):
         self.limits, self.noise = limits, noise
 
     def build_batch(self, rows: list[dict], parts: ModelParts, generator: torch.Generator) -> Batch:

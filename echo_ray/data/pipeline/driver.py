@@ -22,9 +22,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
-import yaml
 
-from echo_ray.config import NormalizeConfig, to_dict
+from echo_ray.config import NormalizeConfig, save_config, to_dict
 from echo_ray.data.pipeline.assemble import run_assemble
 from echo_ray.data.pipeline.bilingual import kept_translations, run_bilingual
 from echo_ray.data.pipeline.dedup import DEDUP_FILE, run_dedup
@@ -138,8 +137,7 @@ def run_pipeline(cfg: NormalizeConfig, progress: Optional[Progress] = None) -> d
     files = {d: store.listdir(d, ".parquet") for d in ("train", "eval", "dcd", "rejected")}
     engine_info = {**engine.describe(), "translates": engine.translates}
     manifest = build_manifest(prepare, assembled, stages, engine_info, to_dict(cfg), files)
-    config_yaml = yaml.safe_dump({"normalize": to_dict(cfg)}, sort_keys=False, allow_unicode=True)
-    store.write_text("echo_config.yaml", config_yaml)
+    save_config(cfg, store.uri, section="normalize")
     store.write_json(MANIFEST, manifest)
     log.info("%s", summary_text(manifest).splitlines()[0])
     return manifest

@@ -69,9 +69,9 @@ def check_dcd_settings(cfg: EchoConfig) -> None:
             raise ConfigError(f"{where}.{name} must be positive, got {getattr(t, name)}")
     if t.prompts_per_round < W:
         raise ConfigError(f"{where}.prompts_per_round={t.prompts_per_round} gives some of the {W} workers no rows")
-    for name in ("weight_strength", "eos_weight", "heldout_prompts"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(t, name)}")
+    if t.heldout_prompts < 0:
+        raise ConfigError(f"{where}.heldout_prompts must be >= 0, got {t.heldout_prompts}")
+    s.loss.check("train.dcd.loss")  # also checked when loaded; configs built in code come here
     if t.teacher_cpus <= 0 and t.teacher_gpus <= 0:
         raise ConfigError(f"{where}: each teacher needs some CPU (teacher_cpus) or a GPU (teacher_gpus)")
     B = cfg.model.block_size

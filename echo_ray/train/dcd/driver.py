@@ -33,11 +33,10 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
 
-from echo_ray.config import CONFIG_FILENAME, EchoConfig, to_dict
+from echo_ray.config import EchoConfig, save_config
 from echo_ray.errors import ConfigError
-from echo_ray.storage import is_s3, join, read_text, write_text
+from echo_ray.storage import is_s3, join, read_text
 from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta
 from echo_ray.train.dcd.feeder import Feeder
 from echo_ray.train.dcd.pool import TeacherPool
@@ -165,7 +164,7 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
     cfg, plan = prepare(cfg)
     t, W, bs = cfg.train.dcd_teacher, cfg.train.distributed.num_workers, plan.job.cfg.batch_size
     out = plan.output_dir
-    write_text(join(out, CONFIG_FILENAME), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    save_config(cfg, out)
     tasks = _plan_prompts(cfg, plan)
     if not ray.is_initialized():
         ray.init()

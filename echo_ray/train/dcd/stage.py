@@ -16,7 +16,7 @@ image processor and prompt config, and checks the ids against the ones the teach
 (different tokenizer or prompt template) is an InputError naming the study, never silent.
 
 Usage:
-    stage = DcdStage(Limits(2048, 256), DcdConfig())
+    stage = DcdStage(Limits(2048, 256), DcdLossConfig())
     batch = stage.build_batch(rows, parts, generator)        # rows: store.to_row(record) dicts
     loss, metrics = stage.loss(model, batch.to(device))
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from echo_ray.config import DcdConfig
+from echo_ray.config import DcdLossConfig
 from echo_ray.errors import InputError
 from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
@@ -52,7 +52,7 @@ def student_response(rec: TrajectoryRecord, eos_id: int) -> torch.Tensor:
     return pad_response(cut, int(rec.prompt_ids.shape[0]), rec.block_size, eos_id)
 
 
-def slot_targets(rec: TrajectoryRecord, lay: RadLayout, cfg: DcdConfig) -> dict[str, torch.Tensor]:
+def slot_targets(rec: TrajectoryRecord, lay: RadLayout, cfg: DcdLossConfig) -> dict[str, torch.Tensor]:
     """Per-slot targets of one row (zeros off the noisy response slots).
 
     Returns topk_ids (L, K) long, topk_logprobs (L, K), topk_logmass (L,), kl_weight (L,),
@@ -97,7 +97,7 @@ class DcdStage:
 
     name = "dcd"
 
-    def __init__(self, limits: Limits, cfg: DcdConfig):
+    def __init__(self, limits: Limits, cfg: DcdLossConfig):
         self.limits, self.cfg = limits, cfg
 
     def _prompt(self, rec: TrajectoryRecord, parts: ModelParts):
@@ -156,5 +156,5 @@ class DcdStage:
 
 
 def dcd_stage(job) -> DcdStage:
-    """Factory for the loop's stage registry (echo_ray.train.job.STAGES); job.options is the DcdConfig."""
-    return DcdStage(job.limits, job.options)
+    """Factory for the loop's stage registry (echo_ray.train.job.STAGES): the student's loss weights."""
+    return DcdStage(job.limits, job.cfg.loss)
