@@ -210,6 +210,11 @@ class StageConfig:
     preflight_rows: int = 16  # rows whose lengths are checked on the driver before workers start
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    def check(self, where: str) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+
 
 @dataclass
 class DistributedConfig:
@@ -226,6 +231,15 @@ class DistributedConfig:
     # Ray Train's controller collects worker reports this often; a step's report waits for the
     # previous one to be collected, so this also bounds how fast short steps can go.
     report_poll_s: float = 0.5
+
+    def check(self, where: str) -> None:
+        for name in ("num_workers", "report_poll_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"{where}.zero_stage must be 0-3, got {self.zero_stage}")
+        if self.bf16 and not self.use_gpu:
+            raise ConfigError(f"{where}.bf16 needs use_gpu: true (CPU training runs in fp32)")
 
 
 @dataclass
@@ -265,12 +279,20 @@ class RadConfig(StageConfig):
 
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
+    def check(self, where: str) -> None:
+        super().check(where)
+        self.noise.check(f"{where}.noise")
+
 
 @dataclass
 class DcdConfig(StageConfig):
     """Stage 3 (DCD), the student side: the shared settings and the loss weights."""
 
     loss: DcdLossConfig = field(default_factory=DcdLossConfig)
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        self.loss.check(f"{where}.loss")
 
 
 @dataclass
@@ -291,6 +313,17 @@ class DcdTeacherConfig:
     heldout_prompts: int = 16  # dcd-split prompts kept out of training; one-step agreement is measured on them
     max_new_tokens: int = 160  # teacher decode length limit
     write_trajectories: bool = True  # store every trajectory under <train.dcd.output_dir>/trajectories
+
+    def check(self, where: str) -> None:
+        """The teacher side's own ranges (the ones that involve other sections: train.dcd.checks)."""
+        for name in ("num_teachers", "rounds", "prompts_per_round", "top_k", "queue_size", "teacher_batch_size",
+                     "max_new_tokens"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+        if self.heldout_prompts < 0:
+            raise ConfigError(f"{where}.heldout_prompts must be >= 0, got {self.heldout_prompts}")
+        if self.teacher_cpus <= 0 and self.teacher_gpus <= 0:
+            raise ConfigError(f"{where}: each teacher needs some CPU (teacher_cpus) or a GPU (teacher_gpus)")
 
 
 @dataclass
@@ -365,6 +398,13 @@ class ServeConfig:
     # Image processor bounds (pixels) like model.max_pixels / min_pixels; None = model.*, else the checkpoint's
     image_max_pixels: Optional[int] = None
     image_min_pixels: Optional[int] = None
+
+    def check(self, where: str) -> None:
+        for name in ("max_batch_size", "max_images", "max_new_tokens_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ConfigError(f"{where}.max_queue must be >= 0, got {self.max_queue}")
 
 
 # Named presets: dotted keys applied under whatever the YAML / --set give explicitly.

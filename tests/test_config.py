@@ -63,3 +63,29 @@ def test_setting_one_key_keeps_the_section_defaults() -> None:
     assert cfg.train.dcd.data == "somewhere"
     assert cfg.train.dcd.split == "dcd" and cfg.train.dcd.output_dir == "runs/dcd"
     assert cfg.train.rad.output_dir == "runs/rad" and cfg.train.rad.max_steps == 3
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"train.rad.noise.t_min": 0.9, "train.rad.noise.t_max": 0.5}, "train.rad.noise needs 0 < t_min <= t_max"),
+    ({"train.dcd.loss.eos_weight": -1}, "train.dcd.loss.eos_weight must be >= 0"),
+    ({"train.cpt.max_steps": 0}, "train.cpt.max_steps must be positive"),
+    ({"train.distributed.zero_stage": 5}, "train.distributed.zero_stage must be 0-3"),
+    ({"train.dcd_teacher.teacher_cpus": 0}, "train.dcd_teacher: each teacher needs some CPU"),
+    ({"serve.max_queue": -1}, "serve.max_queue must be >= 0"),
+])  # fmt: skip
+def test_section_ranges_are_checked_where_loaded(override, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, override)
+
+
+def test_stage_configs_are_typed_and_the_teacher_holds_no_loss_weights(tmp_path) -> None:
+    from echo_ray.config import CptConfig, DcdConfig, DcdLossConfig, RadConfig
+
+    cfg = load_config(None, {"train.dcd.loss.weight_schedule": "flat", "train.rad.noise.t_min": 0.4})
+    assert isinstance(cfg.train.cpt, CptConfig) and isinstance(cfg.train.rad, RadConfig)
+    assert isinstance(cfg.train.dcd, DcdConfig) and cfg.train.dcd.loss == DcdLossConfig(weight_schedule="flat")
+    assert cfg.train.rad.noise.t_min == 0.4 and cfg.train.dcd.split == "dcd"
+    with pytest.raises(ConfigError, match="unknown config key 'train.dcd_teacher.eos_weight'"):
+        load_config(None, {"train.dcd_teacher.eos_weight": 1.0})
+    path = save_config(cfg, f"{tmp_path}/nested")  # the one writer: creates the directory, round-trips
+    assert load_config(path) == cfg

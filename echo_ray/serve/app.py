@@ -42,13 +42,11 @@ def parse_app_args(args: dict[str, Any] | None) -> tuple[ServeConfig, DecodeConf
     data = dict(args or {})
     decode = from_dict(DecodeConfig, data.pop("decode", None) or {}, "decode")
     prompt = from_dict(PromptConfig, data.pop("prompt", None) or {}, "prompt")
-    cfg = from_dict(ServeConfig, _coerce_strings(ServeConfig, data))
+    cfg = from_dict(ServeConfig, _coerce_strings(ServeConfig, data), "serve")  # ranges: ServeConfig.check
     if not cfg.model:
         raise ConfigError("serve args: 'model' (checkpoint directory or s3:// URI) is required")
-    if cfg.max_batch_size < 1 or cfg.max_images < 1 or cfg.max_new_tokens_limit < 1:
-        raise ConfigError("serve args: max_batch_size, max_images and max_new_tokens_limit must be >= 1")
-    if cfg.max_queue < 0 or decode.slots.max_rows < 1:
-        raise ConfigError("serve args: max_queue must be >= 0 and decode.slots.max_rows >= 1")
+    if decode.slots.max_rows < 1:
+        raise ConfigError(f"serve args: decode.slots.max_rows must be >= 1, got {decode.slots.max_rows}")
     if decode.max_new_tokens > cfg.max_new_tokens_limit:
         raise ConfigError(
             f"serve args: decode.max_new_tokens {decode.max_new_tokens} exceeds max_new_tokens_limit "

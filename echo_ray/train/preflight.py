@@ -47,26 +47,15 @@ def stage_config(cfg: EchoConfig, stage: str) -> CptConfig | RadConfig | DcdConf
 
 
 def check_settings(cfg: EchoConfig, stage: str) -> None:
-    s, d = stage_config(cfg, stage), cfg.train.distributed
-    where = f"train.{stage}"
-    for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"{where}.{name} must be positive, got {getattr(s, name)}")
-    if d.num_workers <= 0:
-        raise ConfigError(f"train.distributed.num_workers must be positive, got {d.num_workers}")
-    if d.report_poll_s <= 0:
-        raise ConfigError(f"train.distributed.report_poll_s must be positive, got {d.report_poll_s}")
-    if d.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"train.distributed.zero_stage must be 0-3, got {d.zero_stage}")
-    if d.bf16 and not d.use_gpu:
-        raise ConfigError("train.distributed.bf16 needs use_gpu: true (CPU training runs in fp32)")
+    # The sections' own ranges run when a config is loaded (config.from_dict); again here for
+    # configs built in code.
+    stage_config(cfg, stage).check(f"train.{stage}")
+    cfg.train.distributed.check("train.distributed")
     if cfg.model.attn_implementation == "flash_attention_2":
         raise ConfigError(
             "model.attn_implementation=flash_attention_2 cannot take ECHO's explicit block masks; train with "
             "sdpa (on GPUs it runs PyTorch's fused memory-efficient attention kernel)"
         )
-    if stage == "rad":
-        cfg.train.rad.noise.check("train.rad.noise")  # also checked when loaded; configs built in code come here
     if cfg.model.block_size <= 0:
         raise ConfigError(f"model.block_size must be positive, got {cfg.model.block_size}")
 

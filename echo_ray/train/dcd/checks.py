@@ -63,17 +63,10 @@ def read_meta(path: str) -> ModelMeta:
 def check_dcd_settings(cfg: EchoConfig) -> None:
     t, s, W = cfg.train.dcd_teacher, cfg.train.dcd, cfg.train.distributed.num_workers
     where = "train.dcd_teacher"
-    positive = ("num_teachers", "rounds", "prompts_per_round", "top_k", "queue_size", "teacher_batch_size", "max_new_tokens")
-    for name in positive:
-        if getattr(t, name) <= 0:
-            raise ConfigError(f"{where}.{name} must be positive, got {getattr(t, name)}")
+    t.check(where)  # also run when loaded; configs built in code come here
     if t.prompts_per_round < W:
         raise ConfigError(f"{where}.prompts_per_round={t.prompts_per_round} gives some of the {W} workers no rows")
-    if t.heldout_prompts < 0:
-        raise ConfigError(f"{where}.heldout_prompts must be >= 0, got {t.heldout_prompts}")
-    s.loss.check("train.dcd.loss")  # also checked when loaded; configs built in code come here
-    if t.teacher_cpus <= 0 and t.teacher_gpus <= 0:
-        raise ConfigError(f"{where}: each teacher needs some CPU (teacher_cpus) or a GPU (teacher_gpus)")
+    s.loss.check("train.dcd.loss")
     B = cfg.model.block_size
     if t.teacher_steps is not None and not 1 <= t.teacher_steps <= B:
         raise ConfigError(f"{where}.teacher_steps={t.teacher_steps} must be in 1..block size {B}")
