@@ -188,6 +188,33 @@ def identical_tokens(bench: Bench, prompts, max_new) -> bool:
     return bool(ok)
 
 
+def reference_schedule_identical(ckpt_dir: str | None = None) -> bool:
+    """Quota schedule (and one-step fused) == the test-only reference decoder on its conformance cases.
+
+    Runs tests/reference_decode.py's cases (B in {4, 8}, S in {B, B/2}, static and dynamic) in
+    float64 on the tiny preset, whatever --shape is timed.
+    """
+    from PIL import Image
+
+    from echo_ray.config import PromptConfig, TinyModelConfig
+    from echo_ray.model.checkpoint import load_checkpoint
+    from echo_ray.model.prompt import build_prompt
+    from echo_ray.model.tiny import build_tiny_checkpoint
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from reference_decode import conformance_cases, diversify, pick_eos
+
+    if ckpt_dir is None:
+        ckpt_dir = str(build_tiny_checkpoint(tempfile.mkdtemp(prefix="echo_ref_"), TinyModelConfig(), block_size=8))
+    c = load_checkpoint(ckpt_dir)
+    model = diversify(c.model.to(torch.float64))
+    img = [Image.new("RGB", (112, 112), 90)]
+    prompts = [build_prompt(c.tokenizer, c.image_processor, img, "en", PromptConfig(system=" ".join(["w"] * k)))
+               for k in (1, 2, 3)]  # fmt: skip
+    results = conformance_cases(model, prompts, c.mask_id, pick_eos(model, prompts, c.mask_id), c.pad_id)
+    return all(results.values())
+
+
 def mixed_length(bench: Bench, rows: int, lo: int, hi: int, seed: int = 0) -> dict:
     """`rows` reports with budgets drawn from lo..hi, one-step fused: the engine admits rows as others
     finish; the reference decodes batches of max_rows, each waiting for its longest row."""
@@ -297,6 +324,7 @@ def main() -> int:
         out["mixed_length"] = mixed_length(bench, n, lo, hi)
     if not args.no_identity:
         out["identical_tokens"] = identical_tokens(bench, prompts[:3], min(max_new, 32))
+        out["reference_schedule_identical"] = reference_schedule_identical()
     out["results"] = results
     add_memory_floor(out, model)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))

@@ -26,6 +26,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("echo_ray.commands", "add_phantom_parser"),
     ("echo_ray.commands", "add_generate_parser"),
     ("echo_ray.commands", "add_init_parser"),
+    ("echo_ray.commands", "add_import_parser"),
     ("echo_ray.demo", "add_demo_parser"),
     ("echo_ray.eval.cli", "add_eval_parser"),
     ("echo_ray.data.pipeline.cli", "add_normalize_parser"),

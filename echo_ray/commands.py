@@ -1,9 +1,11 @@
-"""Foundation subcommands of `echo-ray`: phantom, init (tiny checkpoint), generate.
+"""Foundation subcommands of `echo-ray`: phantom, init (tiny checkpoint), import-checkpoint, generate.
 
 Usage:
     echo-ray phantom --out phantom/ --n 8 --seed 0
     echo-ray init --out runs/tiny_init --block-size 8
+    echo-ray import-checkpoint ~/models/ECHO_block8 --out runs/echo_block8
     echo-ray generate --model runs/tiny_init --image phantom/images/phantom-000-000000_PA.png
+    echo-ray generate --model ~/models/ECHO_block8 --preset echo-reference --image cxr.png
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.rad.max_steps=5 (YAML value syntax)")  # fmt: skip
 
 
+def add_preset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["echo-reference"], default=None,
+                   help="decode.preset: echo-reference = the published ECHO inference settings")  # fmt: skip
+
+
 def config_from_args(args: argparse.Namespace):
-    """Load the config tree once at the entry point, with --set overrides; stage paths resolved.
+    """Load the config tree once at the entry point, with --set overrides (and --preset); stage paths resolved.
 
     With `storage.root` set, or under a Ray job, relative data/output paths become absolute against
     the root (a relative path with no root under a Ray job is a ConfigError; echo_ray/storage.py).
@@ -38,6 +45,8 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k.strip()] = yaml.safe_load(v)
+    if getattr(args, "preset", None):
+        overrides["decode.preset"] = args.preset
     return resolve_stage_paths(load_config(getattr(args, "config", None), overrides))
 
 
@@ -88,6 +97,24 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_import_parser(sub) -> None:
+    p = sub.add_parser("import-checkpoint", help="convert a published ECHO checkpoint into echo_ray's layout")
+    p.add_argument("src", help="checkpoint directory or s3://bucket/prefix (published or echo_ray layout)")
+    p.add_argument("--out", required=True, help="output directory or s3:// prefix")
+    p.add_argument("--block-size", type=int, default=None, help="default: recorded, else the _block4/_block8 name")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
+    p.add_argument("--cache-dir", default="~/.cache/echo_ray/models", help="where s3:// sources are mirrored")
+    p.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from echo_ray.model.importer import import_checkpoint
+
+    out = import_checkpoint(args.src, args.out, args.block_size, args.dtype, args.cache_dir)
+    print(f"imported {args.src} -> {out}")
+    return 0
+
+
 def add_generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="write a report for one study's images")
     p.add_argument("--model", required=True, help="checkpoint directory or s3://bucket/prefix")
@@ -100,7 +127,9 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--cache", choices=["fused", "vanilla", "none"], default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--language", choices=["en", "zh"], default=None)
+    p.add_argument("--schedule", choices=["confidence", "quota"], default=None, help="multistep commit schedule")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_preset_arg(p)
     add_config_args(p)
     p.set_defaults(func=run_generate)
 
@@ -109,7 +138,8 @@ def decode_config_from_args(base: DecodeConfig, args: argparse.Namespace) -> Dec
     from dataclasses import replace
 
     fields = {"mode": args.mode, "block_size": args.block_size, "steps": args.steps, "threshold": args.threshold,
-              "cache": args.cache, "max_new_tokens": args.max_new_tokens, "language": args.language}  # fmt: skip
+              "cache": args.cache, "max_new_tokens": args.max_new_tokens, "language": args.language,
+              "schedule": getattr(args, "schedule", None)}  # fmt: skip
     return replace(base, **{k: v for k, v in fields.items() if v is not None})
 
 
@@ -121,7 +151,9 @@ def run_generate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     images = [load_image(p) for p in args.image]  # errors name the file before the model loads
     dec = decode_config_from_args(cfg.decode, args)
-    ckpt = load_checkpoint(args.model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.cache_dir)
+    m = cfg.model
+    ckpt = load_checkpoint(args.model, m.dtype, m.attn_implementation, m.cache_dir, max_pixels=m.max_pixels,
+                           min_pixels=m.min_pixels)  # fmt: skip
     gen = ReportGenerator(ckpt, dec, cfg.prompt, override_block=args.override_block_size)
     report = gen.generate([images], dec.language)[0]
     if args.json:

@@ -55,6 +55,9 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     cache_dir: str = "~/.cache/echo_ray/models"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # Image area bounds (pixels) for the image processor; None = the checkpoint's own setting.
+    max_pixels: Optional[int] = None
+    min_pixels: Optional[int] = None
 
 
 @dataclass
@@ -91,13 +94,21 @@ class SlotsConfig:
 
 @dataclass
 class DecodeConfig:
-    """Decoder choice; block_size None means the checkpoint's own."""
+    """Decoder choice; block_size None means the checkpoint's own.
+
+    `schedule` (multistep): "confidence" (echo_ray's own; static `steps` or dynamic `threshold`) or
+    "quota" (the published ECHO code's per-step quotas; `steps` and, for its dynamic variant,
+    `threshold`); see echo_ray.decode.samplers. `preset` names a bundle of settings applied under
+    the ones given explicitly (PRESETS; "echo-reference" = the published inference settings).
+    """
 
     mode: Literal["ar", "multistep", "onestep"] = "onestep"
     cache: Literal["fused", "vanilla", "none"] = "fused"
     block_size: Optional[int] = None
     steps: Optional[int] = None  # multistep static schedule; None = block size
     threshold: Optional[float] = None  # multistep dynamic schedule (tau)
+    schedule: Literal["confidence", "quota"] = "confidence"
+    preset: Optional[Literal["echo-reference"]] = None
     max_new_tokens: int = 160
     language: Literal["en", "zh"] = "en"
     engine: Literal["static", "reference"] = "static"  # static = DecodeEngine; reference = BlockDecoder/ARDecoder
@@ -313,6 +324,29 @@ class ServeConfig:
     max_new_tokens_limit: int = 512  # largest max_new_tokens a request may ask for (422 above)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when the replica has a GPU
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Image processor bounds (pixels) like model.max_pixels / min_pixels; None = model.*, else the checkpoint's
+    image_max_pixels: Optional[int] = None
+    image_min_pixels: Optional[int] = None
+
+
+# Named presets: dotted keys applied under whatever the YAML / --set give explicitly.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published ECHO inference and evaluation settings (midea-ai/ECHO inference/, eval/EasyEval):
+    # the stock Qwen2.5-VL chat template's system prompt, their instructions and image bounds, the
+    # per-step quota schedule (dynamic, tau 0.85, S = B) and 512 new tokens.
+    "echo-reference": {
+        "prompt.system": "You are a helpful assistant.",
+        "prompt.instruction_en": (
+            "Review this chest X-ray and write a report. Use this format: Findings: {}, Impression: {}."
+        ),
+        "prompt.instruction_zh": "这是一组胸部X光图像，请生成一份医学报告，包括所见和结论。以以下格式返回报告：所见：{} 结论：{}。",
+        "model.max_pixels": 2_250_000,
+        "model.min_pixels": 256 * 28 * 28,
+        "decode.schedule": "quota",
+        "decode.threshold": 0.85,
+        "decode.max_new_tokens": 512,
+    },
+}
 
 
 @dataclass
@@ -425,10 +459,33 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = loaded or {}
     for k, v in (overrides or {}).items():
         _set_dotted(data, k, v)
+    _apply_preset(data)
     try:
         return from_dict(EchoConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def _has_dotted(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for p in dotted.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return False
+        node = node[p]
+    return True
+
+
+def _apply_preset(data: dict[str, Any]) -> None:
+    """Fill the keys of `decode.preset` that the YAML / overrides leave unset (explicit ones win)."""
+    decode = data.get("decode")
+    name = decode.get("preset") if isinstance(decode, dict) else None
+    if name is None:
+        return
+    if name not in PRESETS:
+        raise ConfigError(f"'decode.preset' must be one of {sorted(PRESETS)}, got {name!r}")
+    for key, value in PRESETS[name].items():
+        if not _has_dotted(data, key):
+            _set_dotted(data, key, value)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -111,7 +111,9 @@ def test_bad_teacher_or_vocab_fails_before_actors(tiny_ckpt_dir, tmp_path) -> No
     def cfg(**over):
         return load_config(None, {**base, **over})
 
-    no_mask = _copy_ckpt(tiny_ckpt_dir, tmp_path / "no_mask", echo_mask_token_id=None)
+    from published_support import strip_mask
+
+    no_mask = strip_mask(tiny_ckpt_dir, tmp_path / "no_mask")  # no MASK id in any layout
     no_block = _copy_ckpt(tiny_ckpt_dir, tmp_path / "no_block", echo_block_size=None)
     other_vocab = _copy_ckpt(tiny_ckpt_dir, tmp_path / "vocab", vocab_size=5000)
     with pytest.raises(InputError, match="no MASK token id"):

@@ -4,7 +4,7 @@ A `RowMode` is hashable; the engine groups running rows by it. Multi-step schedu
 by name in `SCHEDULES` (name -> factory(mode) -> sampler with `select(confidence, masked, step)`),
 so a new schedule is one entry. `planned_steps` tells the engine how many forwards a block takes
 when the host can know it without reading the device (one-step: 1; static confidence schedule:
-simulated from the masked counts); None means data-dependent (checked once per step).
+simulated from the masked counts; static quota schedule: quotas until the block is covered); None means data-dependent (checked once per step).
 
 Usage:
     mode = RowMode.from_decode(resolve_decode(ckpt, DecodeConfig(mode="multistep", steps=4)))
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from echo_ray.config import DecodeConfig
-from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler
+from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler, QuotaSampler, step_quotas
 
 KINDS = ("ar", "onestep", "multistep")
 
@@ -59,8 +59,9 @@ class RowMode:
         cache = cfg.cache if cfg.cache in ("fused", "vanilla") else "fused"
         if cfg.mode == "onestep":
             return cls("onestep", B, record_topk=record_topk, cache=cache)
-        steps = None if cfg.threshold is not None else int(cfg.steps or B)
         schedule = getattr(cfg, "schedule", "confidence")
+        # The quota schedule always has S steps (tau only changes what each step commits).
+        steps = int(cfg.steps or B) if schedule == "quota" or cfg.threshold is None else None
         return cls("multistep", B, steps, cfg.threshold, schedule, record_topk, cache)
 
 
@@ -68,7 +69,11 @@ def _confidence(mode: RowMode):
     return ConfidenceSampler(steps=mode.steps, threshold=mode.threshold)
 
 
-SCHEDULES: dict[str, Callable[[RowMode], object]] = {"confidence": _confidence}
+def _quota(mode: RowMode):
+    return QuotaSampler(mode.block_size, mode.steps, mode.threshold)
+
+
+SCHEDULES: dict[str, Callable[[RowMode], object]] = {"confidence": _confidence, "quota": _quota}
 
 
 def make_sampler(mode: RowMode):
@@ -90,6 +95,18 @@ def planned_steps(sampler, masked_counts: list[int], block_size: int) -> int | N
             while rem > 0:  # k = ceil(remaining / steps left), as ConfidenceSampler.select
                 left = max(sampler.steps - step, 1)
                 rem -= -(-rem // left)
+                step += 1
+            most = max(most, step)
+        return most
+    if isinstance(sampler, QuotaSampler) and sampler.threshold is None:
+        # Static quotas commit min(quota, left) per step: the block ends once the quotas cover it.
+        most = 0
+        for rem in masked_counts:
+            step = 0
+            for q in step_quotas(sampler.block_size, sampler.steps):
+                if rem <= 0:
+                    break
+                rem -= q
                 step += 1
             most = max(most, step)
         return most

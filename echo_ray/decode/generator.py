@@ -16,6 +16,7 @@ Usage:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -28,11 +29,14 @@ from echo_ray.decode.batch import PromptBatch, collate_prompts
 from echo_ray.decode.blockwise import BlockDecoder, BlockEvent
 from echo_ray.decode.engine import DecodeEngine, RowMode
 from echo_ray.decode.engine_batch import EngineBatch
-from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler
+from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler, QuotaSampler
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import Checkpoint
+from echo_ray.model.published import missing_mask_message
 from echo_ray.model.prompt import StudyPrompt, build_prompt
 from echo_ray.report import parse_report
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,27 +58,71 @@ class GeneratedReport:
         return asdict(self)
 
 
-def resolve_decode(ckpt: Checkpoint, cfg: DecodeConfig, override_block: bool = False) -> DecodeConfig:
-    """Fill the block size from the checkpoint and check the combination; errors before compute."""
-    if cfg.mode == "ar":
-        return replace(cfg, block_size=cfg.block_size or 1)
-    if ckpt.mask_id is None:
-        raise InputError(f"checkpoint {ckpt.path} has no MASK token id; block decoding needs one")
+def resolve_block_size(ckpt: Checkpoint, cfg: DecodeConfig, override_block: bool) -> int:
+    """Block size: the checkpoint's metadata, else `cfg.block_size`, else its `_block4/8` name."""
     trained = ckpt.block_size
+    named = getattr(ckpt, "name_block_size", None)
+    if trained is None and cfg.block_size is None and named is not None:
+        log.info("checkpoint %s records no block size; using %d from its name", ckpt.path, named)
+        return named
     block = cfg.block_size or trained
     if block is None:
-        raise InputError(f"checkpoint {ckpt.path} records no block size; pass --block-size")
+        raise InputError(f"checkpoint {ckpt.path} records no block size; pass --block-size (or decode.block_size)")
+    if block < 1:
+        raise InputError(f"block size must be >= 1, got {block}")
     if trained is not None and block != trained and not override_block:
         raise InputError(
             f"block size {block} differs from the checkpoint's trained block size {trained} "
             "(pass --override-block-size to decode with it anyway)"
         )
-    steps = cfg.steps if cfg.mode == "multistep" and cfg.threshold is None else None
-    if cfg.mode == "multistep" and cfg.threshold is None:
-        steps = steps or block
+    return block
+
+
+def _ignored_steps(cfg: DecodeConfig) -> str:
+    """Why `cfg.steps` would have no effect ('' when it is used)."""
+    if cfg.steps is None:
+        return ""
+    if cfg.mode == "ar":
+        return "the AR decoder has no steps"
+    if cfg.mode == "onestep":
+        return "" if cfg.steps == 1 else "one-step decoding takes exactly one step per block"
+    if cfg.schedule == "confidence" and cfg.threshold is not None:
+        return "the dynamic confidence schedule (threshold set) ignores steps; use schedule 'quota' for both"
+    return ""
+
+
+def resolve_decode(ckpt: Checkpoint, cfg: DecodeConfig, override_block: bool = False) -> DecodeConfig:
+    """Fill the block size from the checkpoint and check the combination; errors before compute.
+
+    A `steps` value the chosen mode / schedule would ignore is refused, never dropped.
+    """
+    why = _ignored_steps(cfg)
+    if why:
+        raise InputError(f"steps={cfg.steps} given but {why} (mode {cfg.mode}, schedule {cfg.schedule})")
+    if cfg.mode == "ar":
+        return replace(cfg, block_size=cfg.block_size or 1)
+    if ckpt.mask_id is None:
+        raise InputError(missing_mask_message(ckpt.path))
+    block = resolve_block_size(ckpt, cfg, override_block)
+    steps = None
+    if cfg.mode == "multistep" and (cfg.threshold is None or cfg.schedule == "quota"):
+        steps = cfg.steps or block
         if steps > block:
             raise InputError(f"steps per block S={steps} exceeds the block size B={block}")
+        if steps < 1:
+            raise InputError(f"steps per block S={steps} must be >= 1")
+    if cfg.threshold is not None and not 0.0 < cfg.threshold <= 1.0:
+        raise InputError(f"threshold tau={cfg.threshold} must be in (0, 1]")
     return replace(cfg, block_size=block, steps=steps)
+
+
+def make_sampler(cfg: DecodeConfig):
+    """The commit policy of a resolved block-decoding config (echo_ray.decode.samplers)."""
+    if cfg.mode == "onestep":
+        return OneStepSampler()
+    if cfg.schedule == "quota":
+        return QuotaSampler(int(cfg.block_size), cfg.steps, cfg.threshold)
+    return ConfidenceSampler(steps=cfg.steps, threshold=cfg.threshold)
 
 
 class ReferenceRun:
@@ -155,10 +203,7 @@ class ReportGenerator:
         m, c = self.ckpt.model, self.ckpt
         if cfg.mode == "ar":
             return ARDecoder(m, c.eos_id, cfg.max_new_tokens)
-        sampler = (
-            OneStepSampler() if cfg.mode == "onestep" else ConfidenceSampler(steps=cfg.steps, threshold=cfg.threshold)
-        )
-        return BlockDecoder(m, c.mask_id, c.eos_id, int(cfg.block_size), sampler, cfg.cache, cfg.max_new_tokens)
+        return BlockDecoder(m, c.mask_id, c.eos_id, int(cfg.block_size), make_sampler(cfg), cfg.cache, cfg.max_new_tokens)
 
     def stream(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> Generation:
         """Start decoding; overrides are DecodeConfig fields (mode, max_new_tokens, cache, ...)."""

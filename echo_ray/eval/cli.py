@@ -10,6 +10,8 @@ Usage:
     echo-ray eval --model runs/cpt/final --mode ar --model runs/rad/final --mode multistep --mode onestep \
         --data data_out/normalized --language en --meteor
     echo-ray eval --config configs/lingshu7b.yaml          # rows and data from the config
+    echo-ray eval --model ~/models/ECHO_block8 --preset echo-reference \
+        --data ECHO/eval/CXRTest_demo/jsons --language zh    # the published test-set JSONs
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from echo_ray.commands import add_config_args, config_from_args
+from echo_ray.commands import add_config_args, add_preset_arg, config_from_args
 from echo_ray.config import EchoConfig, EvalRow
 from echo_ray.errors import InputError
 from echo_ray.storage import shown_path
@@ -33,7 +35,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--override-block-size", action="store_true",
                    help="allow block sizes the model was not trained with")  # fmt: skip
     p.add_argument("--name", action="append", default=[], help="row label, one per row in order (default: derived)")
-    p.add_argument("--data", help="normalized dataset directory or s3:// prefix (default: eval.data)")
+    p.add_argument("--data", help="normalized dataset directory or s3:// prefix, or a published test-set "
+                   "JSON file / folder of them (default: eval.data)")  # fmt: skip
     p.add_argument("--split", help="split to evaluate (default: eval.split)")
     p.add_argument("--language", choices=["en", "zh"], help="language evaluated (default: eval.language)")
     p.add_argument("--out", help="output folder (default: eval.output_dir)")
@@ -45,6 +48,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--cache", choices=["fused", "vanilla", "none"], help="decode.cache")
     p.add_argument("--meteor", action="store_true", help="also score METEOR (needs Java; 15-25 s per row)")
     p.add_argument("--num-actors", type=int, help="decode on a Ray Data pool of this many actors (0 = in process)")
+    p.add_argument("--schedule", choices=["confidence", "quota"], help="decode.schedule (multistep)")
+    add_preset_arg(p)
     add_config_args(p)
     p.set_defaults(func=run_eval)
 
@@ -75,7 +80,8 @@ def apply_args(cfg: EchoConfig, args: argparse.Namespace) -> EchoConfig:
         eval_cfg = replace(eval_cfg, meteor=True)
     if args.model:
         eval_cfg = replace(eval_cfg, rows=rows_from_args(args))
-    dec = {"max_new_tokens": args.max_new_tokens, "steps": args.steps, "threshold": args.threshold, "cache": args.cache}
+    dec = {"max_new_tokens": args.max_new_tokens, "steps": args.steps, "threshold": args.threshold, "cache": args.cache,
+           "schedule": getattr(args, "schedule", None)}  # fmt: skip
     decode = replace(cfg.decode, **{k: v for k, v in dec.items() if v is not None})
     return replace(cfg, eval=eval_cfg, decode=decode)
 

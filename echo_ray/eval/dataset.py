@@ -25,6 +25,7 @@ from PIL import Image
 
 from echo_ray.data.pipeline.store import OutputStore
 from echo_ray.errors import InputError
+from echo_ray.eval.testset_json import is_json_testset, load_json_testset
 from echo_ray.report import parse_report
 from echo_ray.storage import is_s3, split_s3
 
@@ -115,13 +116,18 @@ def _check_images_exist(studies: list[EvalStudy], where: str) -> None:
 
 
 def load_eval_split(data: str, split: str, language: str, max_reports: int) -> EvalSplit:
-    """The first `max_reports` rows of `language` in `<data>/<split>`, validated (module doc)."""
+    """The first `max_reports` rows of `language` in `<data>/<split>`, validated (module doc).
+
+    `data` may also be a published test-set JSON file or folder (echo_ray.eval.testset_json).
+    """
     if language not in ("en", "zh"):
         raise InputError(f"unknown language {language!r}; expected 'en' or 'zh'")
     if max_reports < 1:
         raise InputError(f"max_reports must be >= 1, got {max_reports}")
     if not data:
         raise InputError("no dataset given (set eval.data or pass --data)")
+    if not is_s3(data) and is_json_testset(data):  # the published ECHO test-set JSON format
+        return load_json_testset(data, language, max_reports)
     store = OutputStore(data)
     rows = _read_rows(store, _split_files(store, data, split), data)
     where = f"split '{split}' of {data}"

@@ -37,7 +37,8 @@ def pick_device(device: str) -> str:
 def load_model(model: str, model_cfg: ModelConfig, device: str = "auto") -> Checkpoint:
     """Load a checkpoint (local dir or s3://) for decoding; rows that share it reuse it."""
     return load_checkpoint(model, model_cfg.dtype, model_cfg.attn_implementation, model_cfg.cache_dir,
-                           device=pick_device(device))  # fmt: skip
+                           device=pick_device(device), max_pixels=model_cfg.max_pixels,
+                           min_pixels=model_cfg.min_pixels)  # fmt: skip
 
 
 def load_generator(model: str, decode: DecodeConfig, override_block: bool, prompt_cfg: PromptConfig,

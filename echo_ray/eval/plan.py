@@ -2,7 +2,7 @@
 
 A row comes from an `EvalRow` (config) with unset fields filled from `eval.model` and the
 `decode` section. Each checkpoint's `config.json` is read on its own, without loading weights, for
-the ECHO metadata: `echo_mask_token_id`, `echo_block_size` (the block size it was trained with) and,
+the ECHO metadata: the MASK id (ours or the published layout's, echo_ray.model.published), `echo_block_size` (the block size it was trained with) and,
 when the training stage recorded it, `echo_languages` (the languages of its training reports). The
 decode settings then go through the generator's own `resolve_decode`, so the checks are the ones
 decoding would apply: a block size other than the trained one is refused unless the row sets
@@ -26,6 +26,7 @@ from echo_ray.config import DecodeConfig, EvalConfig, EvalRow, ModelConfig
 from echo_ray.decode.generator import resolve_decode
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir
+from echo_ray.model.published import block_size_from_name, mask_id_without_weights
 from echo_ray.storage import resolve_local
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class CheckpointMeta:
     mask_id: Optional[int]
     block_size: Optional[int]
     languages: Optional[tuple[str, ...]]
+    name_block_size: Optional[int] = None  # `_block4` / `_block8` suffix of a published model's name
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,8 @@ def read_checkpoint_meta(model: str, cache_dir: str) -> CheckpointMeta:
     langs = cfg.get("echo_languages")
     if langs is not None and not (isinstance(langs, list) and all(isinstance(x, str) for x in langs)):
         raise InputError(f"{local / 'config.json'}: echo_languages must be a list of language codes, got {langs!r}")
-    return CheckpointMeta(local, cfg.get("echo_mask_token_id"), cfg.get("echo_block_size"),
-                          tuple(langs) if langs is not None else None)  # fmt: skip
+    return CheckpointMeta(local, mask_id_without_weights(local, cfg), cfg.get("echo_block_size"),
+                          tuple(langs) if langs is not None else None, block_size_from_name(model))  # fmt: skip
 
 
 def default_name(model: str, dec: DecodeConfig) -> str:
@@ -78,7 +80,11 @@ def default_name(model: str, dec: DecodeConfig) -> str:
 
 def _row_decode(row: EvalRow, base: DecodeConfig, language: str) -> DecodeConfig:
     fields = {"mode": row.mode, "block_size": row.block_size, "steps": row.steps, "threshold": row.threshold}
-    return replace(base, language=language, **{k: v for k, v in fields.items() if v is not None})
+    dec = replace(base, language=language, **{k: v for k, v in fields.items() if v is not None})
+    if dec.mode != "multistep" and row.steps is None:
+        # decode.steps describes the multi-step rows; AR / one-step rows beside them do not take it
+        dec = replace(dec, steps=None)
+    return dec
 
 
 def _check_language(meta: CheckpointMeta, model: str, language: str, warned: set) -> None:

@@ -2,12 +2,17 @@
 
 A checkpoint is a directory with `config.json` (+ `echo` metadata: the MASK token id and the block
 size it was trained with), `*.safetensors` weights, the tokenizer files, and
-`preprocessor_config.json`. Pickle weights (`*.bin`, `*.pt`, `*.pkl`, `*.pth`) are refused: loading
-them runs arbitrary code. Base VLMs without `<|mask|>` get it added and their embeddings resized.
+`preprocessor_config.json`. The published ECHO layout (MASK id in `config.mask_token_id` or as a
+`<|MASK|>` token, no block size) loads too (echo_ray.model.published). Pickle weights (`*.bin`,
+`*.pt`, `*.pkl`, `*.pth`) are refused: loading them runs arbitrary code; so is remote code, and
+weights that do not fit the stock Qwen2.5-VL class are an error naming the keys. Only the RAD
+training init (`add_mask_token=True`) adds a `<|mask|>` to an AR base model and resizes its
+embeddings; decoding a checkpoint without a MASK id is an error (echo_ray.decode.generator).
 
 Usage:
     ckpt = load_checkpoint("runs/rad/final")            # or "s3://bucket/echo-base"
     ckpt.model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, ckpt.block_size
+    load_checkpoint("ECHO_block8", dtype="bfloat16", max_pixels=2_250_000)   # published layout
 """
 
 from __future__ import annotations
@@ -16,16 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from echo_ray.errors import InputError
+from echo_ray.model.published import block_size_from_name, check_weight_keys, find_mask_id
 from echo_ray.model.tokenizer import ensure_mask_token
 from echo_ray.storage import resolve_local
 
+log = logging.getLogger(__name__)
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 class TokenIds:
@@ -48,8 +58,14 @@ class Checkpoint(TokenIds):
     tokenizer: PreTrainedTokenizerBase
     image_processor: Qwen2VLImageProcessorPil
     mask_id: int | None
-    block_size: int | None
+    block_size: int | None  # recorded in the checkpoint's metadata
     path: Path
+    name_block_size: int | None = None  # from a `_block4` / `_block8` name suffix (published models)
+
+    @property
+    def trained_block_size(self) -> int | None:
+        """The recorded block size, else the one the checkpoint's name says."""
+        return self.block_size if self.block_size is not None else self.name_block_size
 
 
 def write_echo_meta(
@@ -83,33 +99,76 @@ def check_checkpoint_dir(path: Path) -> None:
         raise InputError(f"no *.safetensors weights in {path}")
 
 
+def set_pixel_bounds(image_processor: Any, max_pixels: int | None = None, min_pixels: int | None = None) -> None:
+    """Bound the resized image area (pixels) the way the processor's `max_pixels`/`min_pixels` do."""
+    if max_pixels is None and min_pixels is None:
+        return
+    size = dict(image_processor.size)
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise InputError(f"min_pixels {size['shortest_edge']} exceeds max_pixels {size['longest_edge']}")
+    image_processor.size = size
+    for attr, key in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        if getattr(image_processor, attr, None) is not None:  # older configs keep these too; they win at call time
+            setattr(image_processor, attr, size[key])
+
+
+def _load_parts(local: Path, dtype: str, attn_implementation: str) -> tuple[Any, Any, Any]:
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=False)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(local)
+        # The stock class, whatever config.json's auto_map names: remote code never runs.
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            local, dtype=DTYPES[dtype], attn_implementation=attn_implementation, use_safetensors=True,
+            output_loading_info=True,
+        )  # fmt: skip
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load checkpoint {local}: {str(e).splitlines()[0]}") from None
+    check_weight_keys(info, local)
+    return tokenizer, image_processor, model
+
+
 def load_checkpoint(
     path: str,
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     cache_dir: str = "~/.cache/echo_ray/models",
     device: str | torch.device = "cpu",
+    add_mask_token: bool = False,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
 ) -> Checkpoint:
-    """Load model, tokenizer and image processor; adds `<|mask|>` to base models that lack it."""
+    """Load model (in `dtype`, whatever the stored precision), tokenizer and image processor.
+
+    Either layout (module doc). `add_mask_token` is for the RAD training init only: an AR model
+    without any MASK id gets `<|mask|>` and one more embedding row (logged). `max_pixels` /
+    `min_pixels` override the image processor's bounds (`model.max_pixels` / `model.min_pixels`).
+    """
     local = resolve_local(path, cache_dir)
     check_checkpoint_dir(local)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(local)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(local)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            local, dtype=DTYPES[dtype], attn_implementation=attn_implementation, use_safetensors=True
-        )
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot load checkpoint {local}: {str(e).splitlines()[0]}") from None
-    mask_id, block_size = read_echo_meta(model.config)
-    if mask_id is None:
+    tokenizer, image_processor, model = _load_parts(local, dtype, attn_implementation)
+    set_pixel_bounds(image_processor, max_pixels, min_pixels)
+    _, block_size = read_echo_meta(model.config)
+    mask_id, source = find_mask_id(model.config, tokenizer)
+    if mask_id is not None and mask_id >= model.get_input_embeddings().weight.shape[0]:
+        raise InputError(f"checkpoint {local}: MASK id {mask_id} ({source}) is outside the embedding table")
+    if mask_id is None and add_mask_token:
         mask_id, added = ensure_mask_token(tokenizer)
         if added or mask_id >= model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
-        write_echo_meta(model.config, mask_id, block_size)
+        log.info("%s has no MASK token: added <|mask|> as id %d and resized the embeddings to %d rows (RAD init)",
+                 local, mask_id, model.get_input_embeddings().weight.shape[0])  # fmt: skip
+    elif source and source != "config.echo_mask_token_id":
+        log.info("%s: MASK id %d from %s (published layout)", local, mask_id, source)
+    write_echo_meta(model.config, mask_id, block_size)
     tokenizer.padding_side = "left"
     model.to(device).eval()
-    return Checkpoint(model, tokenizer, image_processor, mask_id, block_size, local)
+    return Checkpoint(model, tokenizer, image_processor, mask_id, block_size, local, block_size_from_name(path))
 
 
 def save_checkpoint(ckpt_model: Any, tokenizer: Any, image_processor: Any, out_dir: str | Path) -> Path:

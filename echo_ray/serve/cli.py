@@ -56,6 +56,9 @@ def app_args(args: argparse.Namespace) -> dict:
     """Serve `args` mapping (as in serve_config.yaml) from the config file and the flags."""
     cfg = config_from_args(args)
     serve_cfg = {**to_dict(cfg.serve), "model": args.model}
+    for bound in ("max_pixels", "min_pixels"):  # model.* (e.g. from decode.preset) unless serve sets its own
+        if serve_cfg[f"image_{bound}"] is None:
+            serve_cfg[f"image_{bound}"] = getattr(cfg.model, bound)
     if getattr(args, "auth_token_file", None):
         serve_cfg["auth_token_file"] = str(Path(args.auth_token_file).expanduser().resolve())
     if args.max_batch_size is not None:

@@ -151,7 +151,8 @@ class ReportService:
     def __init__(self, cfg: ServeConfig, decode: DecodeConfig, prompt: PromptConfig):
         t0 = time.perf_counter()
         self.cfg, self.ready = cfg, False
-        ckpt = load_checkpoint(cfg.model, dtype=cfg.dtype, device=_pick_device(cfg.device))
+        ckpt = load_checkpoint(cfg.model, dtype=cfg.dtype, device=_pick_device(cfg.device),
+                               max_pixels=cfg.image_max_pixels, min_pixels=cfg.image_min_pixels)  # fmt: skip
         self.gen = ReportGenerator(ckpt, decode, prompt)
         self.model_name = _model_name(cfg.model)
         self.limits = Limits(cfg.max_body_bytes, cfg.max_images, cfg.max_pixels, cfg.max_new_tokens_limit,

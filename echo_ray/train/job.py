@@ -49,6 +49,8 @@ class StageJob:
     attn_implementation: str = "sdpa"
     cache_dir: str = "~/.cache/echo_ray/models"
     options: Any = None  # stage-specific config (RadConfig for rad, DcdConfig for dcd)
+    max_pixels: int | None = None  # image processor bounds (model.max_pixels / min_pixels)
+    min_pixels: int | None = None
     fault: FaultSpec | None = None
 
     @property

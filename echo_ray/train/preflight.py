@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 
 from echo_ray.config import EchoConfig, StageConfig
 from echo_ray.errors import ConfigError, InputError
-from echo_ray.model.checkpoint import check_checkpoint_dir
+from echo_ray.model.checkpoint import check_checkpoint_dir, set_pixel_bounds
 from echo_ray.train.examples import Limits, check_lengths, encode_row
 from echo_ray.train.job import STAGES, FaultSpec, StageJob
 from echo_ray.train.outputs import download_dir, exists, is_s3, join, list_files, resolve_fs, upload_dir
@@ -132,6 +132,7 @@ def check_sample_rows(cfg: EchoConfig, stage: str, model_path: str, files: list[
         local = download_dir(model_path, tmp, skip_suffixes=(".safetensors",)) if is_s3(model_path) else Path(model_path)
         tokenizer = AutoTokenizer.from_pretrained(local)
         processor = Qwen2VLImageProcessorPil.from_pretrained(local)
+        set_pixel_bounds(processor, cfg.model.max_pixels, cfg.model.min_pixels)
         max_pos = AutoConfig.from_pretrained(local).get_text_config().max_position_embeddings
     need = s.max_prompt_tokens + s.max_response_tokens + cfg.model.block_size
     if need > max_pos:
@@ -172,7 +173,7 @@ def plan_stage(cfg: EchoConfig, stage: str, fault: FaultSpec | None = None) -> S
     job = StageJob(
         stage=stage, cfg=s, dist=d, prompt=cfg.prompt, model_path=model_path, block_size=cfg.model.block_size,
         dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation, cache_dir=cfg.model.cache_dir,
-        options=options, fault=fault,
+        options=options, fault=fault, max_pixels=cfg.model.max_pixels, min_pixels=cfg.model.min_pixels,
     )  # fmt: skip
     storage = d.storage_path or join(s.output_dir, "ray")
     if not is_s3(storage):

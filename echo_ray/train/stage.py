@@ -37,7 +37,7 @@ class ModelParts(TokenIds):
     model: Any  # Qwen2_5_VLForConditionalGeneration (unwrapped)
     tokenizer: Any
     image_processor: Any
-    mask_id: int
+    mask_id: int | None  # None only for CPT from an AR model without a MASK token
     block_size: int
     prompt: PromptConfig
 

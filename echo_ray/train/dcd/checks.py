@@ -21,6 +21,7 @@ from pathlib import Path
 from echo_ray.config import EchoConfig
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, read_echo_meta
+from echo_ray.model.published import block_size_from_name, find_mask_id
 from echo_ray.train.outputs import download_dir, exists, is_s3, join
 
 
@@ -53,7 +54,9 @@ def read_meta(path: str) -> ModelMeta:
             tokenizer = AutoTokenizer.from_pretrained(local)
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-    mask_id, block = read_echo_meta(config)
+    # Either layout (echo_ray.model.published): a published ECHO_Base_block8 is a valid teacher.
+    mask_id, _ = find_mask_id(config, tokenizer)
+    block = read_echo_meta(config)[1] or block_size_from_name(path)
     return ModelMeta(path, int(config.get_text_config().vocab_size), len(tokenizer), mask_id, block, tokenizer.eos_token_id)
 
 
@@ -86,10 +89,12 @@ def check_dcd_settings(cfg: EchoConfig) -> None:
 def check_teacher(teacher: ModelMeta, cfg: EchoConfig) -> None:
     """The teacher must be a block-diffusion checkpoint trained with the student's block size."""
     if teacher.mask_id is None:
-        raise InputError(f"teacher checkpoint {teacher.path} has no MASK token id (echo_mask_token_id); "
+        raise InputError(f"teacher checkpoint {teacher.path} has no MASK token id (echo_mask_token_id, "
+                         "mask_token_id or a <|MASK|> / <|mask|> token); "
                          "DCD needs an ECHO_Base from the RAD stage")  # fmt: skip
     if teacher.block_size is None:
-        raise InputError(f"teacher checkpoint {teacher.path} records no block size (echo_block_size); "
+        raise InputError(f"teacher checkpoint {teacher.path} records no block size (echo_block_size or a "
+                         "_block4 / _block8 name); "
                          "DCD needs an ECHO_Base from the RAD stage")  # fmt: skip
     if teacher.block_size != cfg.model.block_size:
         raise ConfigError(f"teacher {teacher.path} was trained with block size {teacher.block_size} but "

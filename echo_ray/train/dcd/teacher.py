@@ -75,7 +75,7 @@ class TeacherWorker:
         self.ckpt = load_checkpoint(spec.path, spec.dtype, spec.attn_implementation, spec.cache_dir, device)
         for p in self.ckpt.model.parameters():
             p.requires_grad_(False)
-        self.block_size = int(self.ckpt.block_size)
+        self.block_size = int(self.ckpt.trained_block_size)  # published teachers: from the _blockN name
         self.steps = int(spec.steps or self.block_size)
         if spec.engine not in ("static", "reference"):
             raise InputError(f"teacher engine must be 'static' or 'reference', got {spec.engine!r}")
