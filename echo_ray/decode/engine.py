@@ -32,10 +32,12 @@ import torch
 from echo_ray.config import SlotsConfig
 from echo_ray.decode.blockwise import BlockTrace
 from echo_ray.decode.engine_modes import RowMode, make_sampler, planned_steps
+from echo_ray.decode.samplers import OneStepSampler
 from echo_ray.decode.slots import MAX_BLOCK, RowState, SlotTable
 from echo_ray.decode.step_runner import StepRunner
 from echo_ray.errors import InputError
 from echo_ray.model.forward import embed, image_features, prompt_positions
+from echo_ray.model.patch_embed import use_linear_patch_embed
 from echo_ray.model.prompt import StudyPrompt
 from echo_ray.model.slot_forward import SlotKV, block_vis_end, slot_forward
 
@@ -87,6 +89,7 @@ class DecodeEngine:
             raise ValueError(f"slots need max_rows >= 1 and max_len >= 1, got {cfg.max_rows}, {cfg.max_len}")
         self.model, self.mask_id, self.eos_id, self.cfg = model, mask_id, eos_id, cfg
         self.device = model.device
+        use_linear_patch_embed(model)  # inference only: the Conv3d patch embedding as one matmul
         self.trash = cfg.max_len + MAX_BLOCK  # past every row's last block (rounding slack < MAX_BLOCK)
         self.kv = SlotKV(model, cfg.max_rows, self.trash + MAX_BLOCK)
         self.table = SlotTable(cfg.max_rows, self.device)
@@ -271,16 +274,22 @@ class DecodeEngine:
             if plan is None:
                 self.stats.host_reads += 1
             kind = "fused" if step == 0 and mode.cache == "fused" else "noisy"
-            logits = self.runner.run(sel, n, B, kind, key_len).float()
+            logits = self.runner.run(sel, n, B, kind, key_len)
             self.stats.forwards += 1
             logits[..., self.mask_id] = float("-inf")  # MASK is never a final token
-            logp = torch.log_softmax(logits, dim=-1)
-            conf, tok = logp.max(dim=-1)
-            commit = sampler.select(conf.exp(), masked, step) & masked
-            t.cur[sel, :B] = torch.where(commit, tok, t.cur[sel, :B])
-            if rec is not None:
-                rec.commit(commit, step, logp)
-            masked &= ~commit
+            if rec is None and isinstance(sampler, OneStepSampler):
+                # Every masked position commits its argmax: no probabilities needed (argmax is exact
+                # in any dtype, and log_softmax does not move it).
+                t.cur[sel, :B] = torch.where(masked, logits.argmax(dim=-1), t.cur[sel, :B])
+                masked.zero_()
+            else:
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                conf, tok = logp.max(dim=-1)
+                commit = sampler.select(conf.exp(), masked, step) & masked
+                t.cur[sel, :B] = torch.where(commit, tok, t.cur[sel, :B])
+                if rec is not None:
+                    rec.commit(commit, step, logp)
+                masked &= ~commit
             step += 1
         cur = t.cur[sel, :B].clone()
         toks = self._read(cur)
