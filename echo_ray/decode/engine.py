@@ -36,9 +36,9 @@ from echo_ray.decode.samplers import OneStepSampler
 from echo_ray.decode.slots import MAX_BLOCK, RowState, SlotTable
 from echo_ray.decode.step_runner import StepRunner
 from echo_ray.errors import InputError
-from echo_ray.model.forward import embed, image_features, prompt_positions
-from echo_ray.model.patch_embed import use_linear_patch_embed
+from echo_ray.model.forward import embed, prompt_positions
 from echo_ray.model.prompt import StudyPrompt
+from echo_ray.model.vision_fast import fast_image_features
 from echo_ray.model.slot_forward import SlotKV, block_vis_end, slot_forward
 
 __all__ = ["DecodeEngine", "EngineFull", "EngineStats", "RowEvent", "RowMode", "RowRequest"]
@@ -89,7 +89,6 @@ class DecodeEngine:
             raise ValueError(f"slots need max_rows >= 1 and max_len >= 1, got {cfg.max_rows}, {cfg.max_len}")
         self.model, self.mask_id, self.eos_id, self.cfg = model, mask_id, eos_id, cfg
         self.device = model.device
-        use_linear_patch_embed(model)  # inference only: the Conv3d patch embedding as one matmul
         self.trash = cfg.max_len + MAX_BLOCK  # past every row's last block (rounding slack < MAX_BLOCK)
         self.kv = SlotKV(model, cfg.max_rows, self.trash + MAX_BLOCK)
         self.table = SlotTable(cfg.max_rows, self.device)
@@ -153,7 +152,7 @@ class DecodeEngine:
         if not with_px:
             return [None] * len(requests)
         px = torch.cat([p.pixel_values for p in with_px]).to(self.device)
-        feats = image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
+        feats = fast_image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
         img = self.model.config.image_token_id
         counts = [int((r.prompt.input_ids == img).sum()) if r.prompt.pixel_values.numel() else 0 for r in requests]
         if sum(counts) != feats.shape[0]:
