@@ -255,9 +255,48 @@ class DecodeEngine:
         self.stats.host_reads += 1
         return x.tolist()
 
+    def _onestep_block(self, mode: RowMode, rows: list[RowState], sel) -> list[RowEvent]:
+        """A one-step block without a trace: one forward, every non-fixed position takes its argmax
+        (what OneStepSampler commits; no probabilities needed: log_softmax does not move an argmax).
+        What the host knows (first block of a row or not, prompt tail or not) skips the work that only
+        a row's first block needs."""
+        B, n, t = mode.block_size, len(rows), self.table
+        key_len = max(r.start for r in rows) + B
+        first = any(r.blocks == 0 for r in rows)  # some row has no finished block yet (has_prev False)
+        tail = any(r.tail for r in rows)  # some row's block starts with fixed prompt-tail tokens
+        f0 = self.stats.forwards
+        if mode.cache == "vanilla" and any(r.blocks for r in rows):
+            self.runner.run(sel, n, B, "write", key_len - B, all_prev=not first)
+            self.stats.forwards += 1
+        kind = "fused" if mode.cache == "fused" else "noisy"
+        logits = self.runner.run(sel, n, B, kind, key_len, all_prev=not first)
+        self.stats.forwards += 1
+        logits[..., self.mask_id] = float("-inf")  # MASK is never a final token
+        cur = logits.argmax(dim=-1)  # (n, B): every position not fixed was MASK
+        if tail:
+            cur = torch.where(t.fixed[sel, :B], t.cur[sel, :B], cur)
+        toks = self._read(cur)
+        events = []
+        for i, r in enumerate(rows):
+            r.forwards += self.stats.forwards - f0
+            events.append(self._finish(r, toks[i][r.tail :], 1, None))
+        t.prev[sel, :B] = cur
+        if tail:
+            t.cur[sel, :B] = self.mask_id
+            t.fixed[sel] = False
+        if first:
+            t.has_prev[sel] = True
+        t.pos0[sel] += B
+        for r in rows:
+            r.start, r.tail = r.start + B, 0
+        self._free_finished(rows, events)
+        return events
+
     def _block_step(self, mode: RowMode, rows: list[RowState], sel) -> list[RowEvent]:
         B, n, t = mode.block_size, len(rows), self.table
         sampler = self._sampler(mode)
+        if isinstance(sampler, OneStepSampler) and not mode.record_topk:
+            return self._onestep_block(mode, rows, sel)
         key_len = max(r.start for r in rows) + B
         fixed = t.fixed[sel, :B].clone()
         masked = (t.cur[sel, :B] == self.mask_id) & ~fixed
@@ -273,22 +312,16 @@ class DecodeEngine:
             if plan is None:
                 self.stats.host_reads += 1
             kind = "fused" if step == 0 and mode.cache == "fused" else "noisy"
-            logits = self.runner.run(sel, n, B, kind, key_len)
+            logits = self.runner.run(sel, n, B, kind, key_len).float()
             self.stats.forwards += 1
             logits[..., self.mask_id] = float("-inf")  # MASK is never a final token
-            if rec is None and isinstance(sampler, OneStepSampler):
-                # Every masked position commits its argmax: no probabilities needed (argmax is exact
-                # in any dtype, and log_softmax does not move it).
-                t.cur[sel, :B] = torch.where(masked, logits.argmax(dim=-1), t.cur[sel, :B])
-                masked.zero_()
-            else:
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                conf, tok = logp.max(dim=-1)
-                commit = sampler.select(conf.exp(), masked, step) & masked
-                t.cur[sel, :B] = torch.where(commit, tok, t.cur[sel, :B])
-                if rec is not None:
-                    rec.commit(commit, step, logp)
-                masked &= ~commit
+            logp = torch.log_softmax(logits, dim=-1)
+            conf, tok = logp.max(dim=-1)
+            commit = sampler.select(conf.exp(), masked, step) & masked
+            t.cur[sel, :B] = torch.where(commit, tok, t.cur[sel, :B])
+            if rec is not None:
+                rec.commit(commit, step, logp)
+            masked &= ~commit
             step += 1
         cur = t.cur[sel, :B].clone()
         toks = self._read(cur)
