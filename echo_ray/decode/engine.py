@@ -32,11 +32,13 @@ import torch
 from echo_ray.config import SlotsConfig
 from echo_ray.decode.blockwise import BlockTrace
 from echo_ray.decode.engine_modes import RowMode, make_sampler, planned_steps
+from echo_ray.decode.samplers import OneStepSampler
 from echo_ray.decode.slots import MAX_BLOCK, RowState, SlotTable
 from echo_ray.decode.step_runner import StepRunner
 from echo_ray.errors import InputError
-from echo_ray.model.forward import embed, image_features, prompt_positions
+from echo_ray.model.forward import embed, prompt_positions
 from echo_ray.model.prompt import StudyPrompt
+from echo_ray.model.vision_fast import fast_image_features
 from echo_ray.model.slot_forward import SlotKV, block_vis_end, slot_forward
 
 __all__ = ["DecodeEngine", "EngineFull", "EngineStats", "RowEvent", "RowMode", "RowRequest"]
@@ -150,7 +152,7 @@ class DecodeEngine:
         if not with_px:
             return [None] * len(requests)
         px = torch.cat([p.pixel_values for p in with_px]).to(self.device)
-        feats = image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
+        feats = fast_image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
         img = self.model.config.image_token_id
         counts = [int((r.prompt.input_ids == img).sum()) if r.prompt.pixel_values.numel() else 0 for r in requests]
         if sum(counts) != feats.shape[0]:
@@ -253,9 +255,48 @@ class DecodeEngine:
         self.stats.host_reads += 1
         return x.tolist()
 
+    def _onestep_block(self, mode: RowMode, rows: list[RowState], sel) -> list[RowEvent]:
+        """A one-step block without a trace: one forward, every non-fixed position takes its argmax
+        (what OneStepSampler commits; no probabilities needed: log_softmax does not move an argmax).
+        What the host knows (first block of a row or not, prompt tail or not) skips the work that only
+        a row's first block needs."""
+        B, n, t = mode.block_size, len(rows), self.table
+        key_len = max(r.start for r in rows) + B
+        first = any(r.blocks == 0 for r in rows)  # some row has no finished block yet (has_prev False)
+        tail = any(r.tail for r in rows)  # some row's block starts with fixed prompt-tail tokens
+        f0 = self.stats.forwards
+        if mode.cache == "vanilla" and any(r.blocks for r in rows):
+            self.runner.run(sel, n, B, "write", key_len - B, all_prev=not first)
+            self.stats.forwards += 1
+        kind = "fused" if mode.cache == "fused" else "noisy"
+        logits = self.runner.run(sel, n, B, kind, key_len, all_prev=not first)
+        self.stats.forwards += 1
+        logits[..., self.mask_id] = float("-inf")  # MASK is never a final token
+        cur = logits.argmax(dim=-1)  # (n, B): every position not fixed was MASK
+        if tail:
+            cur = torch.where(t.fixed[sel, :B], t.cur[sel, :B], cur)
+        toks = self._read(cur)
+        events = []
+        for i, r in enumerate(rows):
+            r.forwards += self.stats.forwards - f0
+            events.append(self._finish(r, toks[i][r.tail :], 1, None))
+        t.prev[sel, :B] = cur
+        if tail:
+            t.cur[sel, :B] = self.mask_id
+            t.fixed[sel] = False
+        if first:
+            t.has_prev[sel] = True
+        t.pos0[sel] += B
+        for r in rows:
+            r.start, r.tail = r.start + B, 0
+        self._free_finished(rows, events)
+        return events
+
     def _block_step(self, mode: RowMode, rows: list[RowState], sel) -> list[RowEvent]:
         B, n, t = mode.block_size, len(rows), self.table
         sampler = self._sampler(mode)
+        if isinstance(sampler, OneStepSampler) and not mode.record_topk:
+            return self._onestep_block(mode, rows, sel)
         key_len = max(r.start for r in rows) + B
         fixed = t.fixed[sel, :B].clone()
         masked = (t.cur[sel, :B] == self.mask_id) & ~fixed
