@@ -65,6 +65,19 @@ class RowEvent:
     forwards: int = 0  # forwards this row has taken part in so far, its prefill included
 
 
+@dataclass
+class _NewRow:
+    """A row being admitted: its state, slot, prompt ids and prefill inputs (L = n_pre columns)."""
+
+    state: RowState
+    slot: int
+    ids: torch.Tensor  # (P,)
+    n_pre: int
+    delta: int
+    emb: torch.Tensor  # (L, H)
+    pos: torch.Tensor  # (3, L)
+
+
 class EngineFull(Exception):
     """More rows asked than free slots."""
 
@@ -142,9 +155,18 @@ class DecodeEngine:
             raise EngineFull(f"{len(requests)} rows asked but only {self.free_slots} of {self.cfg.max_rows} slots free")
         t0 = time.perf_counter()
         feats = self._image_features(requests)
-        ids = [self._admit_one(req, f) for req, f in zip(requests, feats)]
+        rows = [self._place(req, f) for req, f in zip(requests, feats)]
+        groups: dict[tuple[int, int, bool], list[_NewRow]] = {}
+        for r in rows:  # rows whose prefills have the same shape share one forward per chunk
+            groups.setdefault((r.n_pre, r.state.mode.block_size, r.state.mode.kind == "ar"), []).append(r)
+        for (_, B, is_ar), group in groups.items():
+            f0 = self.stats.forwards
+            logits = self._prefill(group, B, is_ar)
+            for i, r in enumerate(group):
+                self._start(r, logits[i, -1] if is_ar else None)
+                r.state.forwards = self.stats.forwards - f0
         self.stats.prefill_s += time.perf_counter() - t0
-        return ids
+        return [r.state.row for r in rows]
 
     def _image_features(self, requests: list[RowRequest]) -> list[torch.Tensor | None]:
         """One vision-tower call for every new row's images (as collate_prompts); per-row slices."""
@@ -160,48 +182,53 @@ class DecodeEngine:
         parts = list(torch.split(feats, counts))
         return [part if r.prompt.pixel_values.numel() else None for part, r in zip(parts, requests)]
 
-    def _admit_one(self, req: RowRequest, feats: torch.Tensor | None) -> int:
+    def _place(self, req: RowRequest, feats: torch.Tensor | None) -> "_NewRow":
+        """Positions, a slot and the prefill inputs of one new row (its K/V written by `_prefill`)."""
         mode, p = req.mode, req.prompt
-        B = mode.block_size
         ids = p.input_ids.to(self.device)
         P = int(ids.shape[0])
-        grid = p.image_grid_thw.to(self.device)
-        pos, delta = prompt_positions(self.model, ids, grid)
+        pos, delta = prompt_positions(self.model, ids, p.image_grid_thw.to(self.device))
         if delta > 0:  # M-RoPE never runs ahead of the token index; the step's RoPE table relies on it
             raise ValueError(f"prompt positions run {delta} ahead of the token index; the engine needs delta <= 0")
-        n_pre = P if mode.kind == "ar" else (P // B) * B
-        f0 = self.stats.forwards
+        n_pre = P if mode.kind == "ar" else (P // mode.block_size) * mode.block_size
         state = RowState(self._next_row, req.tag, mode, req.max_new_tokens, slot=-1, start=n_pre, tail=P - n_pre)
+        self._next_row += 1
         slot = self.table.alloc(state)
         self.kv.clear(slot)
-        logits = self._prefill(slot, embed(self.model, ids[None, :n_pre], feats), pos[:, None, :n_pre], B, mode.kind == "ar")
-        t = self.table
-        t.pos0[slot], t.delta[slot] = n_pre, delta
+        return _NewRow(state, slot, ids, n_pre, delta, embed(self.model, ids[None, :n_pre], feats)[0], pos[:, :n_pre])
+
+    def _start(self, r: "_NewRow", last_logits: torch.Tensor | None) -> None:
+        """Per-slot state after prefill: the first AR token, or the first block (prompt tail + MASK)."""
+        t, slot, B, n_pre = self.table, r.slot, r.state.mode.block_size, r.n_pre
+        t.pos0[slot], t.delta[slot] = n_pre, r.delta
         t.has_prev[slot] = False
         t.fixed[slot] = False
-        if mode.kind == "ar":
-            t.cur[slot, 0] = logits[0, -1].float().argmax()
+        if r.state.mode.kind == "ar":
+            t.cur[slot, 0] = last_logits.float().argmax()
         else:
+            tail = r.ids.shape[0] - n_pre
             t.cur[slot, :B] = self.mask_id
-            t.cur[slot, : P - n_pre] = ids[n_pre:]
-            t.fixed[slot, : P - n_pre] = True
-        state.forwards = self.stats.forwards - f0
-        self._by_row[state.row] = state
-        self._next_row += 1
-        if mode not in self._order:
-            self._order.append(mode)
-        return state.row
+            t.cur[slot, :tail] = r.ids[n_pre:]
+            t.fixed[slot, :tail] = True
+        self._by_row[r.state.row] = r.state
+        if r.state.mode not in self._order:
+            self._order.append(r.state.mode)
 
-    def _prefill(self, slot: int, emb: torch.Tensor, pos: torch.Tensor, B: int, want_logits: bool) -> torch.Tensor | None:
-        """Block-causal prefill of positions [0, L) in chunks of whole blocks; last-position logits for AR."""
-        L = emb.shape[1]
+    def _prefill(self, group: list["_NewRow"], B: int, want_logits: bool) -> torch.Tensor | None:
+        """Block-causal prefill of positions [0, L) of rows of equal L, in chunks of whole blocks.
+
+        One forward per chunk for the whole group; returns the last position's logits (N, 1, V) for AR."""
+        L = group[0].n_pre
+        rows = torch.tensor([r.slot for r in group], device=self.device)
+        emb = torch.stack([r.emb for r in group])  # (N, L, H)
+        pos = torch.stack([r.pos for r in group], dim=1)  # (3, N, L)
         chunk = max(B, (self.cfg.prefill_chunk // B) * B)
         logits = None
         for c0 in range(0, L, chunk):
             c1 = min(L, c0 + chunk)
-            p = torch.arange(c0, c1, device=self.device)[None]
+            p = torch.arange(c0, c1, device=self.device)[None].expand(len(group), -1)
             read = slice(c1 - c0 - 1, c1 - c0) if want_logits and c1 == L else slice(0, 0)
-            logits = slot_forward(self.model, self.kv, slice(slot, slot + 1), emb[:, c0:c1], pos[:, :, c0:c1], p,
+            logits = slot_forward(self.model, self.kv, rows, emb[:, c0:c1], pos[:, :, c0:c1], p,
                                   block_vis_end(p, B), c1, read)  # fmt: skip
             self.stats.forwards += 1
             self.stats.prefill_forwards += 1
