@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 from PIL import Image
+
+from conftest import diversified
 
 from echo_ray.config import PromptConfig, SlotsConfig
 from echo_ray.decode.ar import ARDecoder
@@ -30,13 +31,7 @@ def ckpt(tiny_ckpt_dir):
 @pytest.fixture(scope="module")
 def diverse(ckpt):
     """Larger random weights: greedy output rarely repeats, so EOS can be placed anywhere."""
-    c = copy.deepcopy(ckpt)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in c.model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
-    return c
+    return diversified(ckpt)
 
 
 def _trim(p: StudyPrompt, n: int) -> StudyPrompt:

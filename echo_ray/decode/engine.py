@@ -313,11 +313,15 @@ class DecodeEngine:
             t.fixed[sel] = False
         if first:
             t.has_prev[sel] = True
-        t.pos0[sel] += B
-        for r in rows:
-            r.start, r.tail = r.start + B, 0
+        self._advance(rows, sel, B)
         self._free_finished(rows, events)
         return events
+
+    def _advance(self, rows: list[RowState], sel, B: int) -> None:
+        """The rows' next block starts B positions on; their prompt tail is behind them."""
+        self.table.pos0[sel] += B
+        for r in rows:
+            r.start, r.tail = r.start + B, 0
 
     def _block_step(self, mode: RowMode, rows: list[RowState], sel) -> list[RowEvent]:
         B, n, t = mode.block_size, len(rows), self.table
@@ -361,9 +365,7 @@ class DecodeEngine:
         t.cur[sel, :B] = self.mask_id
         t.fixed[sel] = False
         t.has_prev[sel] = True
-        t.pos0[sel] += B
-        for r in rows:
-            r.start, r.tail = r.start + B, 0
+        self._advance(rows, sel, B)
         self._free_finished(rows, events)
         return events
 
