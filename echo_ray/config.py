@@ -275,6 +275,10 @@ class EvalConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 1.0
     save_predictions: bool = True  # <output_dir>/predictions/<row>.jsonl, one line per report
+    grounding: bool = True  # also decode with each study's images swapped for another's (echo_ray.eval.grounding)
+    swap_seed: int = 0  # seed of the fixed derangement of images
+    bootstrap_samples: int = 1000  # resamples for the 95 % intervals (echo_ray.eval.bootstrap)
+    bootstrap_seed: int = 0
 
 
 @dataclass
