@@ -183,6 +183,8 @@ class StageConfig:
     raw: bool = False  # train on raw_findings/raw_impression instead of the normalized report
     freeze_vision: bool = False  # keep the vision tower fixed (only the language model trains)
     preflight_rows: int = 16  # rows whose lengths are checked on the driver before workers start
+    image_gap_every: int = 50  # steps between image-conditioning gap probes (echo_ray.train.image_gap); 0 = off
+    image_gap_batches: int = 2  # micro-batches per rank in the fixed probe
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
