@@ -44,19 +44,31 @@ def _merge(parts) -> int:
     return int(parts.model.config.vision_config.spatial_merge_size)
 
 
-def test_swapped_batch_moves_whole_images_between_rows(parts, phantom_dir) -> None:
+def test_swapped_batches_move_whole_images_between_rows(parts, phantom_dir) -> None:
     rows = phantom_rows(phantom_dir)[:6]
-    batch = CptStage(Limits(512, 256)).build_batch(rows, parts, torch.Generator())
-    swapped, n = swap_batch_images(batch, parts.image_token_id, _merge(parts))
-    counts = images_per_row(batch["input_ids"], batch["image_grid_thw"], parts.image_token_id, _merge(parts))
-    assert n == sum(sum(1 for c in counts if c == k) for k in set(counts) if counts.count(k) > 1)
-    assert n >= 2 and swapped["pixel_values"].shape == batch["pixel_values"].shape
-    for key in ("input_ids", "labels", "position_ids", "image_grid_thw"):
-        assert swapped[key] is batch[key]  # only the pixels change
-    per_image = batch["pixel_values"].reshape(len(batch["image_grid_thw"]), -1)
-    moved = swapped["pixel_values"].reshape(len(batch["image_grid_thw"]), -1)
-    assert sorted(map(tuple, per_image[:, :5].tolist())) == sorted(map(tuple, moved[:, :5].tolist()))
-    assert not torch.equal(per_image, moved)
+    stage = CptStage(Limits(512, 256))
+    batches = [stage.build_batch(rows[:3], parts, torch.Generator()), stage.build_batch(rows[3:], parts, torch.Generator())]
+    swapped, n = swap_batch_images(batches, parts.image_token_id, _merge(parts))
+    counts = [c for b in batches for c in images_per_row(b["input_ids"], b["image_grid_thw"], parts.image_token_id,
+                                                         _merge(parts))]  # fmt: skip
+    assert n == sum(counts.count(k) for k in set(counts) if counts.count(k) > 1) and n >= 2
+    for b, s in zip(batches, swapped):
+        assert s["pixel_values"].shape == b["pixel_values"].shape
+        for key in ("input_ids", "labels", "position_ids", "image_grid_thw"):
+            assert s[key] is b[key]  # only the pixels change
+    before = torch.cat([b["pixel_values"] for b in batches]).reshape(-1, 64 * 1176)  # per image (8x8 patches)
+    after = torch.cat([s["pixel_values"] for s in swapped]).reshape(-1, 64 * 1176)
+    assert sorted(map(tuple, before[:, :5].tolist())) == sorted(map(tuple, after[:, :5].tolist()))
+    assert not torch.equal(before, after)
+
+
+def test_rows_swap_across_micro_batches_of_one_row(parts, phantom_dir) -> None:
+    """Batch size 1 (DCD's test setting): the probe still swaps, between its micro-batches."""
+    rows = [r for r in phantom_rows(phantom_dir) if len(r["images"]) == 1][:2]
+    stage = CptStage(Limits(512, 256))
+    batches = [stage.build_batch([r], parts, torch.Generator()) for r in rows]
+    swapped, n = swap_batch_images(batches, parts.image_token_id, _merge(parts))
+    assert n == 2 and torch.equal(swapped[0]["pixel_values"], batches[1]["pixel_values"])
 
 
 @pytest.mark.parametrize("stage", [CptStage(Limits(512, 256)), RadStage(Limits(512, 256), RadConfig())])
@@ -65,13 +77,13 @@ def test_probe_measures_the_gap(parts, phantom_dir, stage) -> None:
     probe = ImageGapProbe(every=5, n_batches=2, image_token_id=parts.image_token_id, merge=_merge(parts))
     for k in range(3):  # only the first two micro-batches are kept
         probe.collect([stage.build_batch(rows[4 * k : 4 * k + 4], parts, torch.Generator().manual_seed(k))])
-    assert len(probe.pairs) == 2
+    assert len(probe.true) == len(probe.swapped) == 2 and probe.rows >= 2
     assert [probe.due(s, 12) for s in (4, 5, 10, 11, 12)] == [False, True, True, False, True]
     out = probe.measure(stage, parts.model, step=5)
     assert out["image_gap"] == pytest.approx(out["loss_swapped_images"] - out["loss_true_images"])
     assert out["image_gap"] != 0.0  # the random tiny model's loss still depends on the pixels
-    assert out["image_gap_rows"] == sum(n for _, _, n in probe.pairs) > 0
+    assert out["image_gap_rows"] == probe.rows
     assert probe.history == [{"step": 5.0, **out}]
     off = ImageGapProbe(every=0, n_batches=2, image_token_id=parts.image_token_id, merge=_merge(parts))
-    off.collect([probe.pairs[0][0]])
-    assert not off.pairs and not off.due(10, 10)
+    off.collect(probe.true)
+    assert not off.true and not off.due(10, 10)

@@ -1,16 +1,17 @@
 """The image-conditioning gap of a stage's own loss: does the model use the image it is given?
 
 On a fixed probe (the first `image_gap_batches` micro-batches this rank trains on, kept for the
-whole run), every `image_gap_every` steps and at the last step, the stage's loss is computed twice
+whole run; a resumed run takes the first ones after the restart), every `image_gap_every` steps and at the last step, the stage's loss is computed twice
 without gradients: with the true images and with each row's images replaced by another row's
 (`swap_batch_images`). Everything else in the batch is the same tensors (token ids, positions,
 masks, noise, DCD targets), so the difference is the image alone:
 
     image_gap = loss(swapped images) - loss(true images)     (> 0: the images help the loss)
 
-Rows swap only with rows whose images have the same patch grids (same number of images, same
-sizes), so the prompt's image-token layout is unchanged; a row with no such partner keeps its
-images and is not counted. The figures are averaged over ranks (weighted by swapped rows) and
+Rows swap (across the probe's micro-batches) only with rows whose images have the same patch
+grids (same number of images, same sizes), so the prompt's image-token layout is unchanged; a row
+with no such partner keeps its images (`image_gap_rows` counts the swapped ones). The losses are
+averaged over the probe batches of all ranks, weighted by rows, and
 go into the step's metrics (TensorBoard `<stage>/image_gap`, metrics.jsonl, `ray.train.report`,
 so the final result carries the last one) and into `<output_dir>/image_gap.json` (the history).
 
@@ -69,21 +70,31 @@ def swap_partners(signatures: list[tuple]) -> list[int]:
     return partner
 
 
-def swap_batch_images(batch: Batch, image_token_id: int, merge: int) -> tuple[Batch, int]:
-    """A copy of `batch` whose pixel_values give each row another row's images; (batch, rows swapped)."""
+def _row_images(batch: Batch, image_token_id: int, merge: int) -> list[tuple[tuple, torch.Tensor]]:
+    """(grid signature, pixel_values slice) of each row of `batch`."""
     grid = batch["image_grid_thw"]
     counts = images_per_row(batch["input_ids"], grid, image_token_id, merge)
-    first = [sum(counts[:i]) for i in range(len(counts))]
-    sigs = [tuple(map(tuple, grid[f : f + c].tolist())) if c else None for f, c in zip(first, counts)]
-    partner = swap_partners([s if s is not None else ("no image", i) for i, s in enumerate(sigs)])
-    patches = grid.prod(dim=1).tolist()
-    offsets = [sum(patches[:j]) for j in range(len(patches) + 1)]
-    pieces = []
-    for i, p in enumerate(partner):  # rows in order, each with its partner's patches
-        pieces.append(batch["pixel_values"][offsets[first[p]] : offsets[first[p] + counts[p]]])
-    pixels = torch.cat(pieces) if pieces else batch["pixel_values"]
-    swapped = sum(p != i for i, p in enumerate(partner))
-    return Batch({**batch.tensors, "pixel_values": pixels}, batch.study_ids, batch.n_tokens, batch.extra), swapped
+    patches = [0] + torch.cumsum(grid.prod(dim=1), 0).tolist()
+    out, k = [], 0
+    for c in counts:
+        out.append((tuple(map(tuple, grid[k : k + c].tolist())), batch["pixel_values"][patches[k] : patches[k + c]]))
+        k += c
+    return out
+
+
+def swap_batch_images(batches: list[Batch], image_token_id: int, merge: int) -> tuple[list[Batch], int]:
+    """Copies of `batches` whose pixel_values give each row another row's images (from any of the
+    batches); returns (batches, rows swapped)."""
+    rows = [r for b in batches for r in _row_images(b, image_token_id, merge)]
+    partner = swap_partners([sig if sig else ("no image", i) for i, (sig, _) in enumerate(rows)])
+    out, i = [], 0
+    for b in batches:
+        n = b.n_rows
+        pieces = [rows[partner[j]][1] for j in range(i, i + n)]
+        pixels = torch.cat(pieces) if pieces else b["pixel_values"]
+        out.append(Batch({**b.tensors, "pixel_values": pixels}, b.study_ids, b.n_tokens, b.extra))
+        i += n
+    return out, sum(p != j for j, p in enumerate(partner))
 
 
 class ImageGapProbe:
@@ -92,7 +103,9 @@ class ImageGapProbe:
     def __init__(self, every: int, n_batches: int, image_token_id: int, merge: int):
         self.every, self.n_batches = every, n_batches
         self.image_token_id, self.merge = image_token_id, merge
-        self.pairs: list[tuple[Batch, Batch, int]] = []
+        self.true: list[Batch] = []
+        self.swapped: list[Batch] = []
+        self.rows = 0  # rows whose images were swapped (per rank)
         self.history: list[dict[str, float]] = []
 
     @property
@@ -100,30 +113,37 @@ class ImageGapProbe:
         return self.every > 0 and self.n_batches > 0
 
     def collect(self, micro: list[Batch]) -> None:
-        for b in micro:
-            if self.enabled and len(self.pairs) < self.n_batches:
-                swapped, n = swap_batch_images(b, self.image_token_id, self.merge)
-                self.pairs.append((b, swapped, n))
+        """Keep the first `n_batches` micro-batches; once complete, build their swapped copies."""
+        if not self.enabled or len(self.true) >= self.n_batches:
+            return
+        self.true.extend(micro[: self.n_batches - len(self.true)])
+        if len(self.true) == self.n_batches:
+            self.swapped, self.rows = swap_batch_images(self.true, self.image_token_id, self.merge)
 
     def due(self, step: int, max_steps: int) -> bool:
         return self.enabled and (step % self.every == 0 or step == max_steps)
 
     @torch.no_grad()
     def measure(self, stage: Any, model: Any, step: int) -> dict[str, float]:
-        """Losses with true and swapped images, averaged over swapped rows of all ranks."""
-        device = self.pairs[0][0]["input_ids"].device if self.pairs else torch.device("cpu")
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum n*true, sum n*swapped, sum n
-        for true, swapped, n in self.pairs:  # every rank runs the same forwards (ZeRO-3 gathers in them)
-            sums[0] += n * float(stage.loss(model, true)[0])
-            sums[1] += n * float(stage.loss(model, swapped)[0])
-            sums[2] += n
+        """Losses with true and swapped images over the probe batches of all ranks (row-weighted)."""
+        if not self.swapped and self.true:  # a run shorter than the probe: use what there is
+            self.swapped, self.rows = swap_batch_images(self.true, self.image_token_id, self.merge)
+        device = self.true[0]["input_ids"].device if self.true else torch.device("cpu")
+        # [sum of batch losses x rows, true and swapped images; swapped rows; rows weighed]
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        for true, swapped in zip(self.true, self.swapped):  # every rank runs the same forwards (ZeRO-3)
+            w = true.n_rows if self.rows else 0
+            sums[0] += w * float(stage.loss(model, true)[0])
+            sums[1] += w * float(stage.loss(model, swapped)[0])
+            sums[3] += w
+        sums[2] += self.rows
         if dist.is_initialized():
             dist.all_reduce(sums)
-        rows = float(sums[2])
-        if rows == 0:
+        if float(sums[2]) == 0:
             return {"image_gap_rows": 0.0}
-        out = {"loss_true_images": float(sums[0]) / rows, "loss_swapped_images": float(sums[1]) / rows,
-               "image_gap_rows": rows}  # fmt: skip
+        weight = float(sums[3])
+        out = {"loss_true_images": float(sums[0]) / weight, "loss_swapped_images": float(sums[1]) / weight,
+               "image_gap_rows": float(sums[2])}  # fmt: skip
         out["image_gap"] = out["loss_swapped_images"] - out["loss_true_images"]
         self.history.append({"step": float(step), **out})
         return out
