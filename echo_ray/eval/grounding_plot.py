@@ -43,6 +43,7 @@ def draw_grounding(ax, rows: list[dict[str, Any]], labels: list[str]) -> int:
     ax.set_yticks(range(len(drawn)))
     ax.set_yticklabels([f"{label}\ndrop {row['micro_f1_drop_swapped']:.2f} [{a:.2f}, {b:.2f}]"
                         for (row, label), a, b in zip(drawn, lo, hi)], fontsize=7)  # fmt: skip
+    ax.invert_yaxis()  # rows top to bottom in table order
     ax.set_xlim(0, 1)
     ax.set_xlabel("score")
     ax.set_title("image grounding: own vs swapped images")
