@@ -207,6 +207,8 @@ class StageConfig:
     raw: bool = False  # train on raw_findings/raw_impression instead of the normalized report
     freeze_vision: bool = False  # keep the vision tower fixed (only the language model trains)
     preflight_rows: int = 16  # rows whose lengths are checked on the driver before workers start
+    image_gap_every: int = 50  # steps between image-conditioning gap probes (echo_ray.train.image_gap); 0 = off
+    image_gap_batches: int = 2  # micro-batches per rank in the fixed probe
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -299,6 +301,10 @@ class EvalConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 1.0
     save_predictions: bool = True  # <output_dir>/predictions/<row>.jsonl, one line per report
+    grounding: bool = True  # also decode with each study's images swapped for another's (echo_ray.eval.grounding)
+    swap_seed: int = 0  # seed of the fixed derangement of images
+    bootstrap_samples: int = 1000  # resamples for the 95 % intervals (echo_ray.eval.bootstrap)
+    bootstrap_seed: int = 0
 
 
 @dataclass

@@ -52,6 +52,9 @@ def check_settings(cfg: EchoConfig, stage: str) -> None:
     for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{where}.{name} must be positive, got {getattr(s, name)}")
+    for name in ("image_gap_every", "image_gap_batches"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{where}.{name} must be >= 0 (0 = no image-gap probe), got {getattr(s, name)}")
     if d.num_workers <= 0:
         raise ConfigError(f"train.distributed.num_workers must be positive, got {d.num_workers}")
     if d.report_poll_s <= 0:
