@@ -208,12 +208,17 @@ class StageConfig:
     raw: bool = False  # train on raw_findings/raw_impression instead of the normalized report
     freeze_vision: bool = False  # keep the vision tower fixed (only the language model trains)
     preflight_rows: int = 16  # rows whose lengths are checked on the driver before workers start
+    image_gap_every: int = 50  # steps between image-conditioning gap probes (echo_ray.train.image_gap); 0 = off
+    image_gap_batches: int = 2  # micro-batches per rank in the fixed probe
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def check(self, where: str) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
+        for name in ("image_gap_every", "image_gap_batches"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name} must be >= 0 (0 = no image-gap probe), got {getattr(self, name)}")
 
 
 @dataclass
@@ -370,6 +375,10 @@ class EvalConfig:
     num_gpus_per_actor: float = 0.0
     num_cpus_per_actor: float = 1.0
     save_predictions: bool = True  # <output_dir>/predictions/<row>.jsonl, one line per report
+    grounding: bool = True  # also decode with each study's images swapped for another's (echo_ray.eval.grounding)
+    swap_seed: int = 0  # seed of the fixed derangement of images
+    bootstrap_samples: int = 1000  # resamples for the 95 % intervals (echo_ray.eval.bootstrap)
+    bootstrap_seed: int = 0
 
 
 @dataclass

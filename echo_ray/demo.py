@@ -63,7 +63,9 @@ def train_stage(cfg: EchoConfig, stage: str) -> str:
         from echo_ray.train.launcher import launch
 
         out = launch(cfg, stage)
-    _say(f"{stage}: done in {time.perf_counter() - t0:.0f} s, loss {out.metrics.get('loss', float('nan')):.3f} -> {out.final_dir}")
+    m = out.metrics
+    gap = f", image gap {m['image_gap']:+.3f}" if "image_gap" in m else ""
+    _say(f"{stage}: done in {time.perf_counter() - t0:.0f} s, loss {m.get('loss', float('nan')):.3f}{gap} -> {out.final_dir}")
     return out.final_dir
 
 

@@ -31,6 +31,22 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def diversified(ckpt, std: float = 0.2, seed: int = 0):
+    """A copy of a tiny checkpoint with larger random matrices: greedy output rarely repeats a token,
+    so EOS can be placed anywhere (the tiny preset's init emits one token everywhere)."""
+    import copy
+
+    import torch
+
+    c = copy.deepcopy(ckpt)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in c.model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    return c
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole session (2 CPUs, oversubscribed logically)."""

@@ -28,9 +28,8 @@ def test_tiny_checkpoint_loads_with_metadata(tiny_ckpt_dir) -> None:
     assert c.tokenizer.decode(c.tokenizer(zh)["input_ids"]) == zh
 
 
-def test_forward_is_fast_on_cpu(tiny_ckpt_dir) -> None:
-    import time
-
+def test_forward_runs_on_cpu(tiny_ckpt_dir) -> None:
+    # Speed is measured side by side in benchmarks/, not timed here (a loaded CI box made this flaky).
     from PIL import Image
 
     from echo_ray.config import PromptConfig
@@ -40,11 +39,9 @@ def test_forward_is_fast_on_cpu(tiny_ckpt_dir) -> None:
     p = build_prompt(c.tokenizer, c.image_processor, [Image.new("RGB", (256, 256), 90)], "en", PromptConfig())
     mm = (p.input_ids[None] == c.model.config.image_token_id).int()
     with torch.no_grad():
-        c.model(input_ids=p.input_ids[None], pixel_values=p.pixel_values, image_grid_thw=p.image_grid_thw, mm_token_type_ids=mm)
-        t0 = time.perf_counter()
         out = c.model(input_ids=p.input_ids[None], pixel_values=p.pixel_values, image_grid_thw=p.image_grid_thw, mm_token_type_ids=mm)
-    assert time.perf_counter() - t0 < 1.0
     assert out.logits.shape[:2] == (1, p.length)
+    assert torch.isfinite(out.logits).all()
 
 
 def test_missing_dir_and_pickle_refused(tmp_path, tiny_ckpt_dir) -> None:

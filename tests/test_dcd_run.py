@@ -42,6 +42,7 @@ def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teach
         "train.dcd_teacher.queue_size": 2,  # one step packet per worker queue: the teacher must wait for the trainer
         "train.dcd.data": str(data), "train.dcd.split": "dcd", "train.dcd.output_dir": str(out),
         "train.dcd.batch_size": 1, "train.dcd.optim.lr": 1e-4, "train.dcd.optim.warmup_steps": 0,
+        "train.dcd.image_gap_batches": 4,  # every row a rank trains on: some share an image layout to swap
         "train.distributed.num_workers": 2, "train.distributed.backend": "ddp",
     })  # fmt: skip
     outcome = run_dcd(cfg)
@@ -51,6 +52,9 @@ def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teach
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4] and summary["steps"] == 4 and summary["untrained_rows"] == 0
     assert load_checkpoint(outcome.train.final_dir).block_size == 8
+    # the image-conditioning gap of the DCD loss is measured at the last step (echo_ray.train.image_gap)
+    gaps = json.loads((out / "image_gap.json").read_text())
+    assert [g["step"] for g in gaps] == [4] and "image_gap" in outcome.train.metrics
 
     # every round's prompts are fresh, stored once, never held-out
     trained = list(read_trajectories(out / "trajectories"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import replace
 
 import pytest
 import torch
 from PIL import Image
+
+from conftest import diversified
 
 from echo_ray.config import DecodeConfig, PromptConfig
 from echo_ray.decode.batch import collate_prompts
@@ -103,13 +104,7 @@ def _first_positions(tokens: list[int]) -> dict[int, int]:
 @pytest.fixture(scope="module")
 def diverse_ckpt(ckpt):
     """The tiny model with larger random weights, so its greedy output rarely repeats a token."""
-    c = copy.deepcopy(ckpt)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in c.model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
-    return c
+    return diversified(ckpt)
 
 
 def test_eos_stops_inside_block_at_edge_and_never(diverse_ckpt, studies) -> None:

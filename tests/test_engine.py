@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 from PIL import Image
+
+from conftest import diversified
 
 from echo_ray.config import PromptConfig, SlotsConfig
 from echo_ray.decode.ar import ARDecoder
@@ -30,13 +31,7 @@ def ckpt(tiny_ckpt_dir):
 @pytest.fixture(scope="module")
 def diverse(ckpt):
     """Larger random weights: greedy output rarely repeats, so EOS can be placed anywhere."""
-    c = copy.deepcopy(ckpt)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in c.model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
-    return c
+    return diversified(ckpt)
 
 
 def _trim(p: StudyPrompt, n: int) -> StudyPrompt:
@@ -280,3 +275,18 @@ def test_row_mode_validation_and_from_decode() -> None:
         RowMode("multistep", 4, steps=2, schedule="nope")
     with pytest.raises(ValueError, match="decode.engine=reference"):
         RowMode("onestep", 4, cache="none")
+
+
+@pytest.mark.parametrize("kind", ["onestep", "ar"])
+def test_equal_length_rows_share_their_prefill(ckpt, prompts, kind) -> None:
+    """Rows admitted together with equal prefill lengths take one forward per chunk, not one per row,
+    and decode exactly as each row alone."""
+    mode = RowMode(kind, 1 if kind == "ar" else 8)
+    same = [prompts[0], prompts[0], prompts[1], prompts[0]]  # two prefill shapes: 3 rows + 1 row
+    eng = DecodeEngine(ckpt.model, ckpt.mask_id, ckpt.eos_id, SlotsConfig(max_rows=4, max_len=512, prefill_chunk=4096))
+    batched, _ = _engine_run(eng, [RowRequest(p, mode, 24) for p in same])
+    assert eng.stats.prefill_forwards == 2
+    for p, toks in zip(same, batched):
+        solo = DecodeEngine(ckpt.model, ckpt.mask_id, ckpt.eos_id, SlotsConfig(max_rows=1, max_len=512))
+        alone, _ = _engine_run(solo, [RowRequest(p, mode, 24)])
+        assert alone[0] == toks and len(toks) == 24

@@ -97,6 +97,11 @@ def test_eval_cli_writes_table_plot_and_rows(tiny_ckpt_dir, dataset, tmp_path, c
     assert one["forwards_per_report"] <= 4 and one["tokens_per_forward"] >= 4.0
     assert one["block_size"] == 8 and ar["block_size"] is None
     assert payload["not_plotted"] == []
+    for row in (one, ar):  # grounding columns and intervals (echo_ray.eval.grounding, default on)
+        lo, hi = row["micro_f1_ci95"]
+        assert lo <= row["micro_f1"] <= hi and len(row["rouge_l_ci95"]) == 2
+        assert row["micro_f1_drop_swapped"] == pytest.approx(row["micro_f1"] - row["micro_f1_swapped_images"])
+        assert 0 <= row["reports_changed_by_swap"] <= 1 and 0 < row["distinct_report_fraction"] <= 1
     with Image.open(out / "tradeoff.png") as im:
         im.verify()
     with Image.open(out / "tradeoff.png") as im:
@@ -105,9 +110,11 @@ def test_eval_cli_writes_table_plot_and_rows(tiny_ckpt_dir, dataset, tmp_path, c
     assert "forwards_per_report" in md and f"{folder} AR" in md
     preds = (out / "predictions" / f"{folder}_AR.jsonl").read_text().splitlines()
     assert len(preds) == N_STUDIES and json.loads(preds[0])["study_id"] == "phantom-000-000000"
+    assert json.loads(preds[0])["swapped_images_from"] != "phantom-000-000000"
     details = json.loads((out / "details.json").read_text())
     assert details["rows_per_language"] == {"en": N_STUDIES + 1, "zh": 1}
     assert "per_finding" in details["rows"][f"{folder} AR"]["clinical"]
+    assert sorted(details["rows"][f"{folder} AR"]["grounding"]["swap_permutation"]) == list(range(N_STUDIES))
     saved = load_config(out / "echo_config.yaml")
     assert saved.eval.max_reports == N_STUDIES and saved.decode.max_new_tokens == 16
 
@@ -248,7 +255,7 @@ def test_write_evaluation_second_table(tiny_ckpt_dir, dataset, tmp_path) -> None
     from echo_ray.eval.evaluate import run_evaluation, write_evaluation
 
     run = run_evaluation([EvalRow(name="base", model=str(tiny_ckpt_dir), mode="onestep")], str(dataset), "eval",
-                         EvalConfig(max_reports=1), DecodeConfig(max_new_tokens=8), PromptConfig(),
+                         EvalConfig(max_reports=1, grounding=False), DecodeConfig(max_new_tokens=8), PromptConfig(),
                          encoder=get_encoder(""))  # fmt: skip
     paths = write_evaluation(run, tmp_path, "Ablation", name="ablation")
     assert {p.name for p in tmp_path.iterdir()} == {"ablation.md", "ablation.json", "ablation_tradeoff.png",

@@ -43,6 +43,8 @@ def _cfg(stage: str, data: Path, out: Path, model: str, **over):
         f"train.{stage}.optim.lr": 3e-3,
         f"train.{stage}.optim.warmup_steps": 1,
         "train.distributed.report_poll_s": 0.2,
+        f"train.{stage}.image_gap_every": 3,
+        f"train.{stage}.image_gap_batches": 1,
     }
     return load_config(None, {**base, **over})
 
@@ -75,6 +77,10 @@ def test_cpt_trains_and_exports_an_hf_checkpoint(cpt_run, dataset):
     losses = [m["loss"] for m in steps]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
     assert all(m["tokens_per_s"] > 0 and m["grad_norm"] > 0 and m["lr"] > 0 for m in steps)
+    # the image-conditioning gap at its interval (3) and the last step, in TensorBoard, JSON, the result
+    assert [m["step"] for m in steps if "image_gap" in m] == [3, 6]
+    gaps = json.loads((out / "image_gap.json").read_text())
+    assert [g["step"] for g in gaps] == [3, 6] and outcome.metrics["image_gap"] == pytest.approx(gaps[-1]["image_gap"])
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "echo_config.yaml").is_file()
     # best-N by loss plus the latest are kept
@@ -113,6 +119,7 @@ def test_rad_resumes_after_a_worker_dies(cpt_run, dataset, tmp_path, monkeypatch
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     losses = [m["loss"] for m in first[:2]] + [m["loss"] for m in resumed[-2:]]
     assert sum(losses[2:]) / 2 < sum(losses[:2]) / 2, losses
+    assert "image_gap" in outcome.metrics  # measured at the last step under ZeRO-3 too
     for mode in ("onestep", "multistep"):
         assert _decode(outcome.final_dir, dataset, mode).forward_passes > 0
 

@@ -54,3 +54,22 @@ def test_bad_rows(tmp_path):
         write_results(["x"], tmp_path, "t")  # type: ignore[list-item]
     with pytest.raises(InputError, match="table name"):
         write_results(ROWS, tmp_path, "t", name="../x")
+
+
+def test_intervals_and_grounding_panel(tmp_path):
+    """Rows with intervals and grounding columns: "[lo, hi]" cells, JSON lists, a two-panel figure."""
+    rows = [
+        {"name": "AR", "micro_f1": 0.6, "micro_f1_ci95": [0.5, 0.7], "micro_f1_swapped_images": 0.2,
+         "micro_f1_drop_swapped": 0.4, "micro_f1_drop_swapped_ci95": [0.3, 0.5], "rouge_l": 0.5,
+         "rouge_l_ci95": [0.45, 0.55], "tokens_per_forward": 1.0},
+        {"name": "no swap run", "micro_f1": 0.5, "rouge_l": 0.4, "tokens_per_forward": 8.0},
+    ]  # fmt: skip
+    paths = write_results(rows, tmp_path, "Grounding", quality_key="micro_f1")
+    assert "| [0.5000, 0.7000] |" in paths["markdown"].read_text()
+    data = json.loads(paths["json"].read_text())
+    assert data["rows"][0]["micro_f1_drop_swapped_ci95"] == [0.3, 0.5]
+    with Image.open(paths["plot"]) as img:
+        assert img.size[0] > img.size[1] * 2  # the second (grounding) panel is there
+    plain = write_results(ROWS, tmp_path / "plain", "Plain")
+    with Image.open(plain["plot"]) as img:
+        assert img.size[0] < img.size[1] * 2

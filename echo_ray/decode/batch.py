@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from echo_ray.model.forward import embed, extend_positions, image_features, prompt_positions
+from echo_ray.model.forward import embed, extend_positions, prompt_positions
+from echo_ray.model.vision_fast import fast_image_features
 from echo_ray.model.prompt import StudyPrompt
 
 
@@ -94,7 +95,7 @@ def collate_prompts(model, prompts: list[StudyPrompt], block_size: int, pad_id: 
     if any(bool((first[i][fixed[i]] == model.config.image_token_id).any()) for i in range(n)):
         raise ValueError(f"block size {B} is longer than the text after the last image; use a smaller block")
     with torch.no_grad():
-        feats = image_features(
+        feats = fast_image_features(  # as the engine: the same vision work on both decoders
             model, torch.cat([p.pixel_values for p in prompts]).to(device), torch.cat([p.image_grid_thw for p in prompts]).to(device)
         )
     return PromptBatch(

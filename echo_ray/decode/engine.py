@@ -32,11 +32,13 @@ import torch
 from echo_ray.config import SlotsConfig
 from echo_ray.decode.blockwise import BlockTrace
 from echo_ray.decode.engine_modes import RowMode, make_sampler, planned_steps
+from echo_ray.decode.samplers import OneStepSampler
 from echo_ray.decode.slots import MAX_BLOCK, RowState, SlotTable
 from echo_ray.decode.step_runner import StepRunner
 from echo_ray.errors import InputError
-from echo_ray.model.forward import embed, image_features, prompt_positions
+from echo_ray.model.forward import embed, prompt_positions
 from echo_ray.model.prompt import StudyPrompt
+from echo_ray.model.vision_fast import fast_image_features
 from echo_ray.model.slot_forward import SlotKV, block_vis_end, slot_forward
 
 __all__ = ["DecodeEngine", "EngineFull", "EngineStats", "RowEvent", "RowMode", "RowRequest"]
@@ -61,6 +63,19 @@ class RowEvent:
     steps: int  # forwards spent on this block
     trace: BlockTrace | None = None  # (1, B) tensors; with record_topk or multi-step modes
     forwards: int = 0  # forwards this row has taken part in so far, its prefill included
+
+
+@dataclass
+class _NewRow:
+    """A row being admitted: its state, slot, prompt ids and prefill inputs (L = n_pre columns)."""
+
+    state: RowState
+    slot: int
+    ids: torch.Tensor  # (P,)
+    n_pre: int
+    delta: int
+    emb: torch.Tensor  # (L, H)
+    pos: torch.Tensor  # (3, L)
 
 
 class EngineFull(Exception):
@@ -140,9 +155,18 @@ class DecodeEngine:
             raise EngineFull(f"{len(requests)} rows asked but only {self.free_slots} of {self.cfg.max_rows} slots free")
         t0 = time.perf_counter()
         feats = self._image_features(requests)
-        ids = [self._admit_one(req, f) for req, f in zip(requests, feats)]
+        rows = [self._place(req, f) for req, f in zip(requests, feats)]
+        groups: dict[tuple[int, int, bool], list[_NewRow]] = {}
+        for r in rows:  # rows whose prefills have the same shape share one forward per chunk
+            groups.setdefault((r.n_pre, r.state.mode.block_size, r.state.mode.kind == "ar"), []).append(r)
+        for (_, B, is_ar), group in groups.items():
+            f0 = self.stats.forwards
+            logits = self._prefill(group, B, is_ar)
+            for i, r in enumerate(group):
+                self._start(r, logits[i, -1] if is_ar else None)
+                r.state.forwards = self.stats.forwards - f0
         self.stats.prefill_s += time.perf_counter() - t0
-        return ids
+        return [r.state.row for r in rows]
 
     def _image_features(self, requests: list[RowRequest]) -> list[torch.Tensor | None]:
         """One vision-tower call for every new row's images (as collate_prompts); per-row slices."""
@@ -150,7 +174,7 @@ class DecodeEngine:
         if not with_px:
             return [None] * len(requests)
         px = torch.cat([p.pixel_values for p in with_px]).to(self.device)
-        feats = image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
+        feats = fast_image_features(self.model, px, torch.cat([p.image_grid_thw for p in with_px]).to(self.device))
         img = self.model.config.image_token_id
         counts = [int((r.prompt.input_ids == img).sum()) if r.prompt.pixel_values.numel() else 0 for r in requests]
         if sum(counts) != feats.shape[0]:
@@ -158,48 +182,53 @@ class DecodeEngine:
         parts = list(torch.split(feats, counts))
         return [part if r.prompt.pixel_values.numel() else None for part, r in zip(parts, requests)]
 
-    def _admit_one(self, req: RowRequest, feats: torch.Tensor | None) -> int:
+    def _place(self, req: RowRequest, feats: torch.Tensor | None) -> "_NewRow":
+        """Positions, a slot and the prefill inputs of one new row (its K/V written by `_prefill`)."""
         mode, p = req.mode, req.prompt
-        B = mode.block_size
         ids = p.input_ids.to(self.device)
         P = int(ids.shape[0])
-        grid = p.image_grid_thw.to(self.device)
-        pos, delta = prompt_positions(self.model, ids, grid)
+        pos, delta = prompt_positions(self.model, ids, p.image_grid_thw.to(self.device))
         if delta > 0:  # M-RoPE never runs ahead of the token index; the step's RoPE table relies on it
             raise ValueError(f"prompt positions run {delta} ahead of the token index; the engine needs delta <= 0")
-        n_pre = P if mode.kind == "ar" else (P // B) * B
-        f0 = self.stats.forwards
+        n_pre = P if mode.kind == "ar" else (P // mode.block_size) * mode.block_size
         state = RowState(self._next_row, req.tag, mode, req.max_new_tokens, slot=-1, start=n_pre, tail=P - n_pre)
+        self._next_row += 1
         slot = self.table.alloc(state)
         self.kv.clear(slot)
-        logits = self._prefill(slot, embed(self.model, ids[None, :n_pre], feats), pos[:, None, :n_pre], B, mode.kind == "ar")
-        t = self.table
-        t.pos0[slot], t.delta[slot] = n_pre, delta
+        return _NewRow(state, slot, ids, n_pre, delta, embed(self.model, ids[None, :n_pre], feats)[0], pos[:, :n_pre])
+
+    def _start(self, r: "_NewRow", last_logits: torch.Tensor | None) -> None:
+        """Per-slot state after prefill: the first AR token, or the first block (prompt tail + MASK)."""
+        t, slot, B, n_pre = self.table, r.slot, r.state.mode.block_size, r.n_pre
+        t.pos0[slot], t.delta[slot] = n_pre, r.delta
         t.has_prev[slot] = False
         t.fixed[slot] = False
-        if mode.kind == "ar":
-            t.cur[slot, 0] = logits[0, -1].float().argmax()
+        if r.state.mode.kind == "ar":
+            t.cur[slot, 0] = last_logits.float().argmax()
         else:
+            tail = r.ids.shape[0] - n_pre
             t.cur[slot, :B] = self.mask_id
-            t.cur[slot, : P - n_pre] = ids[n_pre:]
-            t.fixed[slot, : P - n_pre] = True
-        state.forwards = self.stats.forwards - f0
-        self._by_row[state.row] = state
-        self._next_row += 1
-        if mode not in self._order:
-            self._order.append(mode)
-        return state.row
+            t.cur[slot, :tail] = r.ids[n_pre:]
+            t.fixed[slot, :tail] = True
+        self._by_row[r.state.row] = r.state
+        if r.state.mode not in self._order:
+            self._order.append(r.state.mode)
 
-    def _prefill(self, slot: int, emb: torch.Tensor, pos: torch.Tensor, B: int, want_logits: bool) -> torch.Tensor | None:
-        """Block-causal prefill of positions [0, L) in chunks of whole blocks; last-position logits for AR."""
-        L = emb.shape[1]
+    def _prefill(self, group: list["_NewRow"], B: int, want_logits: bool) -> torch.Tensor | None:
+        """Block-causal prefill of positions [0, L) of rows of equal L, in chunks of whole blocks.
+
+        One forward per chunk for the whole group; returns the last position's logits (N, 1, V) for AR."""
+        L = group[0].n_pre
+        rows = torch.tensor([r.slot for r in group], device=self.device)
+        emb = torch.stack([r.emb for r in group])  # (N, L, H)
+        pos = torch.stack([r.pos for r in group], dim=1)  # (3, N, L)
         chunk = max(B, (self.cfg.prefill_chunk // B) * B)
         logits = None
         for c0 in range(0, L, chunk):
             c1 = min(L, c0 + chunk)
-            p = torch.arange(c0, c1, device=self.device)[None]
+            p = torch.arange(c0, c1, device=self.device)[None].expand(len(group), -1)
             read = slice(c1 - c0 - 1, c1 - c0) if want_logits and c1 == L else slice(0, 0)
-            logits = slot_forward(self.model, self.kv, slice(slot, slot + 1), emb[:, c0:c1], pos[:, :, c0:c1], p,
+            logits = slot_forward(self.model, self.kv, rows, emb[:, c0:c1], pos[:, :, c0:c1], p,
                                   block_vis_end(p, B), c1, read)  # fmt: skip
             self.stats.forwards += 1
             self.stats.prefill_forwards += 1
@@ -253,9 +282,52 @@ class DecodeEngine:
         self.stats.host_reads += 1
         return x.tolist()
 
+    def _onestep_block(self, mode: RowMode, rows: list[RowState], sel) -> list[RowEvent]:
+        """A one-step block without a trace: one forward, every non-fixed position takes its argmax
+        (what OneStepSampler commits; no probabilities needed: log_softmax does not move an argmax).
+        What the host knows (first block of a row or not, prompt tail or not) skips the work that only
+        a row's first block needs."""
+        B, n, t = mode.block_size, len(rows), self.table
+        key_len = max(r.start for r in rows) + B
+        first = any(r.blocks == 0 for r in rows)  # some row has no finished block yet (has_prev False)
+        tail = any(r.tail for r in rows)  # some row's block starts with fixed prompt-tail tokens
+        f0 = self.stats.forwards
+        if mode.cache == "vanilla" and any(r.blocks for r in rows):
+            self.runner.run(sel, n, B, "write", key_len - B, all_prev=not first)
+            self.stats.forwards += 1
+        kind = "fused" if mode.cache == "fused" else "noisy"
+        logits = self.runner.run(sel, n, B, kind, key_len, all_prev=not first)
+        self.stats.forwards += 1
+        logits[..., self.mask_id] = float("-inf")  # MASK is never a final token
+        cur = logits.argmax(dim=-1)  # (n, B): every position not fixed was MASK
+        if tail:
+            cur = torch.where(t.fixed[sel, :B], t.cur[sel, :B], cur)
+        toks = self._read(cur)
+        events = []
+        for i, r in enumerate(rows):
+            r.forwards += self.stats.forwards - f0
+            events.append(self._finish(r, toks[i][r.tail :], 1, None))
+        t.prev[sel, :B] = cur
+        if tail:
+            t.cur[sel, :B] = self.mask_id
+            t.fixed[sel] = False
+        if first:
+            t.has_prev[sel] = True
+        self._advance(rows, sel, B)
+        self._free_finished(rows, events)
+        return events
+
+    def _advance(self, rows: list[RowState], sel, B: int) -> None:
+        """The rows' next block starts B positions on; their prompt tail is behind them."""
+        self.table.pos0[sel] += B
+        for r in rows:
+            r.start, r.tail = r.start + B, 0
+
     def _block_step(self, mode: RowMode, rows: list[RowState], sel) -> list[RowEvent]:
         B, n, t = mode.block_size, len(rows), self.table
         sampler = self._sampler(mode)
+        if isinstance(sampler, OneStepSampler) and not mode.record_topk:
+            return self._onestep_block(mode, rows, sel)
         key_len = max(r.start for r in rows) + B
         fixed = t.fixed[sel, :B].clone()
         masked = (t.cur[sel, :B] == self.mask_id) & ~fixed
@@ -293,9 +365,7 @@ class DecodeEngine:
         t.cur[sel, :B] = self.mask_id
         t.fixed[sel] = False
         t.has_prev[sel] = True
-        t.pos0[sel] += B
-        for r in rows:
-            r.start, r.tail = r.start + B, 0
+        self._advance(rows, sel, B)
         self._free_finished(rows, events)
         return events
 

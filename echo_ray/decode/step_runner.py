@@ -48,7 +48,7 @@ class StepRunner:
         self.rope = self.weights.text_rope_table(kv.length, probe)
         self.cols = torch.arange(2 * MAX_BLOCK, device=model.device)
 
-    def _compute(self, sel, B: int, kind: str, key_len: int, full: bool = False) -> torch.Tensor:
+    def _compute(self, sel, B: int, kind: str, key_len: int, full: bool = False, all_prev: bool = False) -> torch.Tensor:
         t = self.table
         if kind == "fused":
             ids, start, read = torch.cat([t.prev[sel, :B], t.cur[sel, :B]], dim=1), t.pos0[sel] - B, slice(B, 2 * B)
@@ -63,7 +63,7 @@ class StepRunner:
         cols = self.cols[: ids.shape[1]]
         pos = start[:, None] + cols
         write = pos
-        if kind in ("fused", "write"):
+        if kind in ("fused", "write") and not all_prev:
             stale = (cols < B)[None] & ~t.has_prev[sel][:, None]
             write = torch.where(stale, self.trash + cols, pos)
         text = (pos + t.delta[sel][:, None]).clamp_(min=0)  # < 0 only on trash-bound stale columns
@@ -77,12 +77,14 @@ class StepRunner:
         self.weights = SlotWeights.of(self.model)
         self.graphs.clear()
 
-    def run(self, sel, n: int, B: int, kind: str, key_len: int, full: bool = False) -> torch.Tensor:
+    def run(self, sel, n: int, B: int, kind: str, key_len: int, full: bool = False, all_prev: bool = False) -> torch.Tensor:
         """Logits (n, Q_read, V) of one forward over the slots `sel` (n rows). `full`: the caller knows
-        every query sees all key_len keys (AR rows at one position), so no mask is built (eager only)."""
+        every query sees all key_len keys (AR rows at one position), so no mask is built; `all_prev`:
+        the caller knows every row has a finished block (has_prev), so no clean column goes to the
+        trash (both eager only; a CUDA graph always computes the general case)."""
         if self.use_graphs and isinstance(sel, slice) and sel.start == 0:
             return self._replay(n, B, kind, key_len)
-        return self._compute(sel, B, kind, key_len, full)
+        return self._compute(sel, B, kind, key_len, full, all_prev)
 
     def _bucket(self, n: int) -> int:
         fits = [b for b in BUCKETS if n <= b <= self.table.max_rows]

@@ -7,6 +7,10 @@ this process, or on a Ray Data actor pool when `eval.num_actors > 0`) and score
 (echo_ray.eval.rows). Rows that share a checkpoint share one loaded model. The decode section's
 `language` is replaced by the evaluated split language.
 
+With `eval.grounding` (default) every row decodes the split a second time with each study's
+images swapped for another's (echo_ray.eval.grounding): the row gains bootstrap 95 % intervals and
+the grounding columns, details.json the swap, predictions the swapped-image text.
+
 Outputs of `write_evaluation(run, out_dir)` (prefixed for `name="ablation"` etc.): table.md, table.json, tradeoff.png (quality vs tokens
 per forward, echo_ray.eval.table), details.json (per-finding clinical scores, skipped optional
 metrics, split counts), predictions/<row>.jsonl (one line per report, when enabled) and the
@@ -33,6 +37,7 @@ from typing import Any, Optional
 from echo_ray.config import DecodeConfig, EchoConfig, EvalConfig, EvalRow, ModelConfig, PromptConfig, save_config
 from echo_ray.errors import ConfigError
 from echo_ray.eval.dataset import EvalSplit, load_eval_split
+from echo_ray.eval.grounding import SwappedSplit, swap_images
 from echo_ray.eval.plan import PlannedRow, plan_rows
 from echo_ray.eval.semscore import SentenceEncoder
 
@@ -70,12 +75,32 @@ def _decode_row(row: PlannedRow, split: EvalSplit, eval_cfg: EvalConfig, prompt_
     return decode_studies(gen, split.studies, split.language, eval_cfg.batch_size, label=row.name)
 
 
+def _add_grounding(scored: dict[str, Any], details: dict[str, Any], records: list[dict[str, Any]], row: PlannedRow,
+                   data: EvalSplit, swapped: SwappedSplit, cfg: EvalConfig, prompt_cfg: PromptConfig,
+                   model_cfg: ModelConfig, loaded: dict) -> dict[str, Any]:  # fmt: skip
+    """Decode the row again on the swapped-image split; add intervals and grounding columns."""
+    from echo_ray.eval.grounding import grounding_columns, insert_after, interval_columns
+
+    other = _decode_row(row, swapped.split, cfg, prompt_cfg, model_cfg, loaded)
+    own, refs = [r["text"] for r in records], data.references
+    cols, extra = grounding_columns(own, [r["text"] for r in other], refs, swapped.perm, cfg.bootstrap_samples,
+                                    cfg.bootstrap_seed)  # fmt: skip
+    intervals = interval_columns(own, refs, cfg.bootstrap_samples, cfg.bootstrap_seed)
+    for rec, o, j in zip(records, other, swapped.perm):
+        rec["swapped_images_from"], rec["text_swapped_images"] = data.studies[j].study_id, o["text"]
+    details["grounding"] = extra
+    scored = insert_after(scored, "rouge_l", {"rouge_l_ci95": intervals["rouge_l_ci95"]})
+    return insert_after(scored, "macro_f1", {"micro_f1_ci95": intervals["micro_f1_ci95"], **cols})
+
+
 def check_settings(eval_cfg: EvalConfig, decode_cfg: DecodeConfig) -> None:
     """Numeric settings that would otherwise fail (or loop on nothing) mid-run."""
     for name, value in (("eval.max_reports", eval_cfg.max_reports), ("eval.batch_size", eval_cfg.batch_size),
                         ("decode.max_new_tokens", decode_cfg.max_new_tokens)):  # fmt: skip
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    if eval_cfg.grounding and eval_cfg.bootstrap_samples < 1:
+        raise ConfigError(f"eval.bootstrap_samples must be >= 1, got {eval_cfg.bootstrap_samples}")
     if eval_cfg.num_actors < 0:
         raise ConfigError(f"eval.num_actors must be >= 0, got {eval_cfg.num_actors}")
 
@@ -102,12 +127,15 @@ def run_evaluation(
     log.info("evaluating %d row(s) on %d '%s' studies of split '%s' in %s", len(planned), len(data.studies),
              data.language, split, data_dir)  # fmt: skip
     encoder = encoder or get_encoder(cfg.semscore_encoder)
+    swapped = swap_images(data, cfg.swap_seed) if cfg.grounding else None
     run = EvalRun([], {}, data)
     loaded: dict = {}
     for row in planned:
         records = _decode_row(row, data, cfg, prompt_cfg, model_cfg, loaded)
         scored, details = score_row(row.name, row.decode, records, data.references, data.language, cfg,
                                     encoder, wall_s=decode_wall_s(records))  # fmt: skip
+        if cfg.grounding:
+            scored = _add_grounding(scored, details, records, row, data, swapped, cfg, prompt_cfg, model_cfg, loaded)
         details["checkpoint"] = row.model
         run.rows.append(scored)
         run.details[row.name] = details
@@ -146,7 +174,8 @@ def _write_predictions(run: EvalRun, folder: Path) -> Path:
     refs = run.split.references
     for name, records in run.predictions.items():
         lines = [json.dumps({"study_id": r["study_id"], "reference": ref, "prediction": r["text"],
-                             **{k: r[k] for k in ("tokens", "forward_passes", "hit_max_length", "complete")}},
+                             **{k: r[k] for k in ("tokens", "forward_passes", "hit_max_length", "complete")},
+                             **{k: r[k] for k in ("swapped_images_from", "text_swapped_images") if k in r}},
                             ensure_ascii=False)
                  for r, ref in zip(records, refs)]  # fmt: skip
         (folder / f"{_slug(name)}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")

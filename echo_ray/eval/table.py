@@ -5,6 +5,10 @@ One row per model/decoder setting, e.g. {"model": "ECHO B=8", "semscore": 0.71,
 The plot puts `x_key` (default tokens per forward, from echo_ray.eval.speed) on x and the chosen
 quality metric on y, one labelled point per row; rows missing either value are left out of the
 plot and listed under "not_plotted" in the JSON. Non-finite floats are written as null / "nan".
+A row's `<quality_key>_ci95` interval ([lo, hi], echo_ray.eval.bootstrap) becomes an error bar;
+when rows carry the grounding columns (echo_ray.eval.grounding) the figure gains a second panel,
+micro-F1 with own vs swapped images (echo_ray.eval.grounding_plot). In Markdown an interval is
+written "[lo, hi]".
 
 Files for name="table": table.md, table.json, tradeoff.png; for another name, e.g. "ablation":
 ablation.md, ablation.json, ablation_tradeoff.png.
@@ -49,6 +53,8 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return "nan" if not math.isfinite(value) else f"{value:.4f}"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
+        return "[" + ", ".join(_cell(v) for v in value) + "]"  # an interval: [lo, hi]
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -73,7 +79,11 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, title: str, quality_ke
     matplotlib.use("Agg")  # file output only; no display on servers
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    from echo_ray.eval.grounding_plot import draw_grounding, has_grounding
+
+    grounding = any(has_grounding(r) for r in rows)
+    fig, axes = plt.subplots(1, 2 if grounding else 1, figsize=(13.6 if grounding else 6.4, 4.8), dpi=120, squeeze=False)
+    ax = axes[0][0]
     skipped = []
     for i, row in enumerate(rows):
         label = _label(row, i)
@@ -81,6 +91,10 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, title: str, quality_ke
             skipped.append(label)
             continue
         x, y = row[x_key], row[quality_key]
+        ci = row.get(f"{quality_key}_ci95")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(v) for v in ci):
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]], fmt="none", capsize=3,
+                        ecolor="0.5", zorder=2)  # fmt: skip
         ax.scatter([x], [y], s=60, label=label, zorder=3)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if len(skipped) == len(rows):
@@ -92,6 +106,8 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, title: str, quality_ke
     ax.set_title(title)
     ax.margins(x=0.15, y=0.15)  # room for the point labels
     ax.grid(True, alpha=0.3)
+    if grounding:
+        draw_grounding(axes[0][1], rows, [_label(r, i) for i, r in enumerate(rows)])
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -5,6 +5,8 @@ stage build them (images read and processed here, in the worker; noise from a ge
 (seed, step, rank, micro-batch), so a resumed step re-draws the same noise), run the engine step,
 average the loss over ranks, and report loss, tokens/s, lr and grad norm through
 `ray.train.report` (rank 0 also writes TensorBoard, metrics.jsonl and a progress line). Every
+`image_gap_every` steps and at the last step the image-conditioning gap of the stage's loss joins
+those metrics (echo_ray.train.image_gap; its history in `<output_dir>/image_gap.json`). Every
 `checkpoint_every` steps and at the last step, every rank writes its part of a checkpoint and
 reports it. A restarted worker group (FailureConfig) restores the latest checkpoint: weights,
 optimizer, scheduler, step counter and data position.
@@ -30,6 +32,7 @@ from echo_ray.model.checkpoint import load_checkpoint, write_echo_meta
 from echo_ray.train.backends import StepStats, TrainEngine, make_engine, resolve_backend
 from echo_ray.train.checkpointing import TrainState, restore_checkpoint, write_checkpoint
 from echo_ray.train.data import DataPosition
+from echo_ray.train.image_gap import ImageGapProbe
 from echo_ray.train.job import FaultSpec, StageJob, build_stage
 from echo_ray.train.metrics import MetricsLogger, worker_line
 from echo_ray.train.rows import RowSource, RowStream
@@ -105,6 +108,8 @@ def run_loop(job: StageJob, stage: Stage, parts: ModelParts, engine: TrainEngine
 
     cfg = job.cfg
     logger = MetricsLogger(cfg.output_dir, stage.name, cfg.max_steps, cfg.log_every) if rank == 0 else None
+    probe = ImageGapProbe(cfg.image_gap_every, cfg.image_gap_batches, parts.image_token_id,
+                          int(parts.model.config.vision_config.spatial_merge_size))  # fmt: skip
     start = state.step
     try:
         while state.step < cfg.max_steps:
@@ -112,9 +117,14 @@ def run_loop(job: StageJob, stage: Stage, parts: ModelParts, engine: TrainEngine
             maybe_fault(job.fault, rank, step)
             t0 = time.perf_counter()
             micro, pos = next_step_batches(job, stage, parts, rows, step, rank, engine.device)
+            probe.collect(micro)
             stats = engine.train_step(micro)
             state = TrainState(step, pos)
             metrics = global_metrics(stats, sum(b.n_tokens for b in micro), time.perf_counter() - t0, pos, engine.device)
+            if probe.due(step, cfg.max_steps):
+                metrics.update(probe.measure(stage, parts.model, step))
+                if logger:
+                    logger.write_json("image_gap.json", probe.history)
             if logger:
                 extra = {"study_ids": [s for b in micro for s in b.study_ids], "batches": pos.batches, "start_step": start}
                 logger.log(step, metrics, extra)

@@ -43,7 +43,7 @@ def progress_line(stage: str, step: int, max_steps: int, m: dict[str, float], et
         f"[{stage}] step {step}/{max_steps} ({100 * step // max(1, max_steps)}%) | loss {m['loss']:.4f} | "
         f"{m['tokens_per_s']:,.0f} tok/s | lr {m['lr']:.2e} | gnorm {m['grad_norm']:.3f} | "
         f"epoch {int(m.get('epoch', 0))} | eta {eta}"
-    )
+    ) + (f" | image gap {m['image_gap']:+.4f}" if "image_gap" in m else "")
 
 
 class MetricsLogger:
@@ -71,6 +71,10 @@ class MetricsLogger:
             done = step - self.first_step
             eta = (time.perf_counter() - self.t0) / max(1, done) * (self.max_steps - step)
             worker_line(progress_line(self.stage, step, self.max_steps, metrics, eta))
+
+    def write_json(self, name: str, payload: Any) -> None:
+        """A small JSON file beside metrics.jsonl (uploaded with the logs on `sync()`)."""
+        (self.local / name).write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
     def sync(self) -> None:
         self.writer.flush()
