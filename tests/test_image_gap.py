@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from echo_ray.config import PromptConfig, RadConfig
+from echo_ray.config import NoiseConfig, PromptConfig
 from echo_ray.data.phantom_dataset import phantom_rows
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.train.cpt import CptStage
@@ -71,7 +71,7 @@ def test_rows_swap_across_micro_batches_of_one_row(parts, phantom_dir) -> None:
     assert n == 2 and torch.equal(swapped[0]["pixel_values"], batches[1]["pixel_values"])
 
 
-@pytest.mark.parametrize("stage", [CptStage(Limits(512, 256)), RadStage(Limits(512, 256), RadConfig())])
+@pytest.mark.parametrize("stage", [CptStage(Limits(512, 256)), RadStage(Limits(512, 256), NoiseConfig())])
 def test_probe_measures_the_gap(parts, phantom_dir, stage) -> None:
     rows = phantom_rows(phantom_dir)
     probe = ImageGapProbe(every=5, n_batches=2, image_token_id=parts.image_token_id, merge=_merge(parts))
