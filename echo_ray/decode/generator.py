@@ -205,22 +205,25 @@ class ReportGenerator:
             return ARDecoder(m, c.eos_id, cfg.max_new_tokens)
         return BlockDecoder(m, c.mask_id, c.eos_id, int(cfg.block_size), make_sampler(cfg), cfg.cache, cfg.max_new_tokens)
 
+    def check_fits(self, prompt_len: int, max_new_tokens: int, cfg: DecodeConfig) -> None:
+        """Refuse prompt + budget beyond the model context, or the engine's slots when it decodes."""
+        on_engine = cfg.engine == "static" and cfg.cache != "none"
+        limit = min(self.max_context, cfg.slots.max_len) if on_engine else self.max_context
+        if prompt_len + max_new_tokens > limit:
+            where = "the model context" if limit == self.max_context else "the decode engine's slot context"
+            raise InputError(
+                f"prompt of {prompt_len} tokens + max_new_tokens {max_new_tokens} exceeds {where} of {limit} "
+                f"tokens (model context {self.max_context}, decode.slots.max_len {cfg.slots.max_len})"
+            )
+
     def stream(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> Generation:
         """Start decoding; overrides are DecodeConfig fields (mode, max_new_tokens, cache, ...)."""
         t0 = time.perf_counter()
         cfg = resolve_decode(self.ckpt, replace(self.cfg, **overrides), self.override_block) if overrides else self.cfg
         language = language or cfg.language
         prompts = self.prompts(studies, language)
-        longest = max(p.length for p in prompts)
-        on_engine = cfg.engine == "static" and cfg.cache != "none"
-        limit = min(self.max_context, cfg.slots.max_len) if on_engine else self.max_context
-        if longest + cfg.max_new_tokens > limit:
-            where = "the model context" if limit == self.max_context else "the decode engine's slot context"
-            raise InputError(
-                f"prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} exceeds {where} of {limit} "
-                f"tokens (model context {self.max_context}, decode.slots.max_len {cfg.slots.max_len})"
-            )
-        if on_engine:
+        self.check_fits(max(p.length for p in prompts), cfg.max_new_tokens, cfg)
+        if cfg.engine == "static" and cfg.cache != "none":
             run = EngineBatch(self.engine, prompts, RowMode.from_decode(cfg), cfg.max_new_tokens)
             return Generation(self, len(prompts), run, cfg, t0)
         block = 1 if cfg.mode == "ar" else int(cfg.block_size)

@@ -110,7 +110,6 @@ class ContinuousDecoder:
         self.scheduler = Scheduler(engine, max_queue, on_step=metrics.on_step if metrics else None)
         if metrics is not None:
             metrics.bind(self.scheduler)
-        self.max_len = min(gen.max_context, int(engine.cfg.max_len))
         self._modes: dict[str, tuple[RowMode, int]] = {}
 
     def start(self) -> None:
@@ -130,11 +129,7 @@ class ContinuousDecoder:
         """Build and check one row (CPU work: call off the event loop). InputError when too long."""
         row_mode, _ = self.mode(mode)
         (prompt,) = self.gen.prompts([images], language)
-        if prompt.length + budget > self.max_len:
-            raise InputError(
-                f"prompt of {prompt.length} tokens + max_new_tokens {budget} exceeds the model context "
-                f"of {self.max_len} tokens"
-            )
+        self.gen.check_fits(prompt.length, budget, self.gen.cfg)  # the engine's slots are the generator's
         return RowRequest(prompt=prompt, mode=row_mode, max_new_tokens=budget, tag=tag)
 
     async def open(self, images: list[Image.Image], language: str, mode: str, budget: int, deadline: float,
