@@ -57,6 +57,14 @@ class GeneratedReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_tokens(cls, tokenizer, tokens: list[int], **fields) -> "GeneratedReport":
+        """Decode and parse a row's tokens; `fields` are the remaining (count and timing) fields."""
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        parsed = parse_report(text)
+        return cls(text=text, findings=parsed.findings, impression=parsed.impression, complete=parsed.complete,
+                   tokens=list(tokens), **fields)  # fmt: skip
+
 
 def resolve_block_size(ckpt: Checkpoint, cfg: DecodeConfig, override_block: bool) -> int:
     """Block size: the checkpoint's metadata, else `cfg.block_size`, else its `_block4/8` name."""
@@ -165,14 +173,11 @@ class Generation:
         return self._gen.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
 
     def _report(self, row: int, toks: list[int], hit: bool) -> GeneratedReport:
-        text = self._gen.tokenizer.decode(toks, skip_special_tokens=True).strip()
-        parsed = parse_report(text)
         st = self._run.stats
-        return GeneratedReport(
-            text=text, findings=parsed.findings, impression=parsed.impression, complete=parsed.complete,
-            tokens=toks, hit_max_length=hit, forward_passes=self._run.forwards[row], prefill_s=st.prefill_s,
-            decode_s=st.decode_s, latency_s=time.perf_counter() - self._t0, mode=self._cfg.mode,
-            block_size=int(self._cfg.block_size or 1),
+        return GeneratedReport.from_tokens(
+            self._gen.tokenizer, toks, hit_max_length=hit, forward_passes=self._run.forwards[row],
+            prefill_s=st.prefill_s, decode_s=st.decode_s, latency_s=time.perf_counter() - self._t0,
+            mode=self._cfg.mode, block_size=int(self._cfg.block_size or 1),
         )  # fmt: skip
 
 

@@ -25,7 +25,6 @@ from PIL import Image
 from echo_ray.decode.engine import DecodeEngine, RowEvent, RowMode, RowRequest
 from echo_ray.decode.generator import GeneratedReport, ReportGenerator, resolve_decode
 from echo_ray.errors import InputError
-from echo_ray.report import parse_report
 from echo_ray.serve.scheduler import BlockUpdate, Failure, QueueFull, Scheduler, Ticket
 from echo_ray.serve.schemas import ApiError
 
@@ -91,13 +90,10 @@ class RowHandle:
         return self._dec.tokenizer.decode(self.tokens, skip_special_tokens=True)
 
     def report(self) -> GeneratedReport:
-        text = self.text().strip()
-        parsed = parse_report(text)
         latency = time.perf_counter() - self._t0
-        return GeneratedReport(
-            text=text, findings=parsed.findings, impression=parsed.impression, complete=parsed.complete,
-            tokens=list(self.tokens), hit_max_length=self.hit_max, forward_passes=self.forwards, prefill_s=0.0,
-            decode_s=latency, latency_s=latency, mode=self.mode, block_size=self.block_size,
+        return GeneratedReport.from_tokens(
+            self._dec.tokenizer, self.tokens, hit_max_length=self.hit_max, forward_passes=self.forwards,
+            prefill_s=0.0, decode_s=latency, latency_s=latency, mode=self.mode, block_size=self.block_size,
         )  # fmt: skip
 
 
