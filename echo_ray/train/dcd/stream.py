@@ -32,6 +32,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,25 +89,55 @@ def planned_steps(rows_per_round: int, num_workers: int, batch_size: int) -> int
 
 
 class PacketReader:
-    """Iterates a worker's queue until "stop", timing how long the worker waited for packets."""
+    """Iterates a worker's queue until "stop", timing how long the worker waited for packets.
 
-    def __init__(self, queue, poll_s: float = 1.0):
+    A background thread keeps up to `prefetch` packets fetched ahead of the loop, so the queue
+    actor's round trip (several ms per `get` on a busy node) overlaps the step being trained and
+    only a teacher that is really behind shows up as wait time. Prefetched packets are off the Ray
+    queue but in the feeder's packet log, so a restarted worker group replays them (`replay_packets`).
+    """
+
+    def __init__(self, queue, poll_s: float = 1.0, prefetch: int = 2):
+        import queue as local_queue  # the stdlib module; `queue` here is the Ray queue
+
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
         self.queue, self.poll_s = queue, poll_s
         self.wait_s = 0.0
         self.first_wait_s: float | None = None
         self.packets = 0
+        self._ahead: local_queue.SimpleQueue = local_queue.SimpleQueue()
+        self._room = threading.Semaphore(prefetch)  # packets taken off the Ray queue and not yet yielded
+        self._thread: threading.Thread | None = None
 
-    def __iter__(self) -> Iterator[dict]:
+    def _fetch(self) -> None:
+        """Thread body: queue -> local buffer until stop/error (a daemon: it dies with the worker process);
+        a failing queue becomes an error packet."""
         from ray.util.queue import Empty
 
+        try:
+            while True:
+                self._room.acquire()
+                while True:
+                    try:
+                        packet = self.queue.get(block=True, timeout=self.poll_s)
+                        break
+                    except Empty:
+                        continue
+                self._ahead.put(packet)
+                if packet["kind"] in ("stop", "error"):
+                    return
+        except Exception as e:  # noqa: BLE001 - e.g. the queue actor died: the loop must not wait forever
+            self._ahead.put({"kind": "error", "message": f"reading the teacher queue failed: {type(e).__name__}: {e}"})
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._fetch, name="dcd-packet-prefetch", daemon=True)
+            self._thread.start()
         while True:
             t0 = time.perf_counter()
-            while True:
-                try:
-                    packet = self.queue.get(block=True, timeout=self.poll_s)
-                    break
-                except Empty:
-                    continue
+            packet = self._ahead.get()
+            self._room.release()
             waited = time.perf_counter() - t0
             if self.first_wait_s is None:
                 self.first_wait_s = waited
