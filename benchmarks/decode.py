@@ -255,6 +255,22 @@ def add_engine_vs_reference(out: dict, results: dict, batches: list[int], kinds)
     }  # fmt: skip
 
 
+def add_arithmetic(out: dict, model, B: int) -> None:
+    """Weight-matmul MACs per generated token at batch 1 (attention over the cache left out): AR runs
+    one position and one vocabulary row per token; a one-step fused block runs 2B positions (the MASK
+    block and the clean previous block) and B vocabulary rows for B tokens. Where a forward is
+    compute-bound (the tiny model on a CPU past a few positions) this, not the forward count, sets the
+    speed ratio; where it is overhead- or memory-bound (a GPU at small batch) the forward count does."""
+    t = model.config.get_text_config()
+    H, I, L = t.hidden_size, t.intermediate_size, t.num_hidden_layers
+    V = model.lm_head.weight.shape[0]
+    kv = H // t.num_attention_heads * t.num_key_value_heads
+    body, head = L * (H * H * 2 + 2 * H * kv + 3 * H * I), H * V
+    ar, onestep = body + head, (2 * B * body + B * head) / B
+    out["macs_per_token"] = {"ar": ar, "onestep_fused": onestep, "body_per_position": body, "lm_head_per_row": head}
+    out["onestep_vs_ar_arithmetic"] = ar / onestep  # < 1: one-step does more arithmetic per token
+
+
 def add_memory_floor(out: dict, model) -> None:
     """CUDA only: device copy bandwidth and the time one read of the LM weights takes at that rate."""
     if model.device.type != "cuda":
@@ -321,6 +337,7 @@ def main() -> int:
     add_ratios(out, results, batches, kinds)
     add_ratios(out, results, batches, kinds, prefix="reference_")
     add_engine_vs_reference(out, results, batches, kinds)
+    add_arithmetic(out, model, B)
     if args.mixed:
         n, lo, hi = (int(x) for x in args.mixed.split(","))
         out["mixed_length"] = mixed_length(bench, n, lo, hi)

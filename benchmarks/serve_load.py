@@ -9,6 +9,8 @@ Part 1b, mixed workload: every request draws its own `max_new_tokens` from --mix
 (seeded), onestep, so rows end at different blocks. The same load runs against a replica with
 `serve.batching: static` (the old `@serve.batch` path, max_batch_size = --slots) and one with
 `continuous` (the block-edge scheduler, decode.slots.max_rows = --slots), side by side.
+Part 0, the ceiling: both modes decoded by the engine alone in the benchmark process (batch 8, no
+HTTP), so `onestep_vs_ar_rps` can be read against what the decoder itself gives at that batch.
 Part 2, autoscaling: a second app with an autoscaling config (1-3 replicas of 0.5 CPU, target 2
 ongoing requests, 1 s upscale and 4 s downscale delays) gets a burst of 16 concurrent `ar` clients
 (until all replicas have served a few seconds, capped), then none; RUNNING/STARTING replicas are
@@ -21,7 +23,7 @@ The model is the random tiny preset (never emits EOS, so every request decodes e
 Usage:
     python benchmarks/serve_load.py --json [--model DIR] [--max-new-tokens 64] [--cell-seconds 15] [--slots 16]
 Last stdout line: {"errors": 0, "onestep": {"1": {"rps", "p50_ms", "p99_ms", "n"}, "8": ..., "32": ...},
-                   "ar": {...}, "onestep_vs_ar_rps": ..., "max_replicas_seen": ..., "autoscaling": {...},
+                   "ar": {...}, "onestep_vs_ar_rps": ..., "decoder_alone_c8": {"onestep_vs_ar", ...}, "max_replicas_seen": ..., "autoscaling": {...},
                    "mixed": {"static": {"1": {"rps", "p50_ms", "p99_ms", ...}, "8": ..., "32": ...},
                              "continuous": {...}}, "continuous_vs_static_rps_c32": ...}
 """
@@ -111,6 +113,40 @@ def load_cell(url: str, png: bytes, mode: str, concurrency: int, n_requests: int
     return {"rps": round(len(latencies) / wall, 2), "p50_ms": round(statistics.median(ms), 1),
             "p99_ms": round(percentile(ms, 99), 1), "n": len(latencies), "errors": len(errors),
             "error_kinds": sorted(set(errors))}  # fmt: skip
+
+
+def decoder_ceiling(ckpt: str, png: bytes, max_new_tokens: int, batch: int = 8, repeats: int = 3) -> dict:
+    """The decoder alone (no HTTP, no Serve), in this process: seconds to decode `batch` reports of
+    `max_new_tokens` per mode, one thread like the replica. `onestep_vs_ar` is what batching at
+    concurrency `batch` could at most give the service if requests cost nothing else."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from echo_ray.config import DecodeConfig, PromptConfig
+    from echo_ray.decode.generator import ReportGenerator
+    from echo_ray.model.checkpoint import load_checkpoint
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ck = load_checkpoint(ckpt)
+        img = Image.open(io.BytesIO(png)).convert("RGB")
+        out = {}
+        for mode in MODES:
+            gen = ReportGenerator(ck, DecodeConfig(mode=mode, max_new_tokens=max_new_tokens), PromptConfig())
+            gen.generate([[img]] * batch, "en")  # warm-up
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                gen.generate([[img]] * batch, "en")
+                times.append(time.perf_counter() - t0)
+            out[f"{mode}_ms_per_report"] = round(1000 * statistics.median(times) / batch, 2)
+    finally:
+        torch.set_num_threads(threads)
+    out["onestep_vs_ar"] = round(out["ar_ms_per_report"] / out["onestep_ms_per_report"], 2)
+    return {"batch": batch, **out}
 
 
 def deploy(name: str, ckpt: str, args: argparse.Namespace, batching: str) -> str:
@@ -258,6 +294,8 @@ def main() -> int:
     base = args.base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="echo_serve_load_") as tmp:
         ckpt, png = make_inputs(Path(tmp), args.model)
+        ceiling = decoder_ceiling(ckpt, png, args.max_new_tokens)
+        log(f"decoder alone, batch 8: {ceiling}")
         tput = throughput(base, ckpt, png, args)
         mix = mixed(ckpt, png, args)
         scale = autoscaling(base, ckpt, png, args)
@@ -269,6 +307,7 @@ def main() -> int:
         "errors": errors,
         **{m: tput[m] for m in MODES},
         "onestep_vs_ar_rps": round(tput["onestep"]["8"]["rps"] / max(tput["ar"]["8"]["rps"], 1e-9), 2),
+        "decoder_alone_c8": ceiling,
         "max_replicas_seen": scale["max_replicas_seen"],
         "batching": tput["batching"],
         "autoscaling": scale,

@@ -5,7 +5,10 @@ row's prompt off the event loop, checks its length (422 before a stream's status
 and submits it (429 with a Retry-After estimate when the queue is full). The returned `RowHandle`
 awaits the row's block updates through an asyncio queue that the scheduler thread feeds with
 `loop.call_soon_threadsafe`, accumulates tokens, and builds the same `GeneratedReport` the local
-decoder returns. A handler that is cancelled (client gone) calls `handle.cancel()` in a `finally`.
+decoder returns. A plain (non-streaming) request has no use for its blocks until the last one, so
+its handle keeps them on the scheduler thread and hands them over with the final block (or a
+failure) in one wake-up of the event loop instead of one per block: under load the loop thread
+then competes less with the scheduler for the interpreter. A handler that is cancelled (client gone) calls `handle.cancel()` in a `finally`.
 
 Usage:
     dec = ContinuousDecoder(gen, gen.engine, max_queue=64, timeout_s=60.0); dec.start()
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import replace
 
 from PIL import Image
@@ -42,9 +46,12 @@ class Overloaded(ApiError):
 class RowHandle:
     """One request's row: its block events in order, then its report."""
 
-    def __init__(self, dec: "ContinuousDecoder", mode: str, block_size: int, t0: float):
+    def __init__(self, dec: "ContinuousDecoder", mode: str, block_size: int, t0: float, streaming: bool = True):
         self._dec, self.mode, self.block_size, self._t0 = dec, mode, block_size, t0
-        self._updates: asyncio.Queue = asyncio.Queue()
+        self.streaming = streaming
+        self._updates: asyncio.Queue = asyncio.Queue()  # lists of updates, in order
+        self._held: list = []  # scheduler thread only: blocks of a plain request not yet handed over
+        self._ready: deque = deque()  # event loop only: handed-over updates not yet consumed
         self._loop = asyncio.get_running_loop()
         self.ticket: Ticket | None = None
         self.tokens: list[int] = []
@@ -55,13 +62,19 @@ class RowHandle:
         self.finished = False
 
     def sink(self, update) -> None:  # scheduler thread
-        self._loop.call_soon_threadsafe(self._updates.put_nowait, update)
+        if not self.streaming and isinstance(update, BlockUpdate) and not update.event.finished:
+            self._held.append(update)
+            return
+        batch, self._held = [*self._held, update], []
+        self._loop.call_soon_threadsafe(self._updates.put_nowait, batch)
 
     async def next_block(self) -> RowEvent | None:
         """The next block event; None after the last; ApiError on a deadline or decode failure."""
         if self.finished:
             return None
-        update = await self._updates.get()
+        if not self._ready:
+            self._ready.extend(await self._updates.get())
+        update = self._ready.popleft()
         if isinstance(update, Failure):
             self.finished = True
             if update.reason == "deadline":
@@ -129,14 +142,15 @@ class ContinuousDecoder:
         return RowRequest(prompt=prompt, mode=row_mode, max_new_tokens=budget, tag=tag)
 
     async def open(self, images: list[Image.Image], language: str, mode: str, budget: int, deadline: float,
-                   tag=None) -> RowHandle:  # fmt: skip
-        """Submit one request; ApiError 422 (too long) or Overloaded (429) before any decoding."""
+                   tag=None, streaming: bool = True) -> RowHandle:  # fmt: skip
+        """Submit one request; ApiError 422 (too long) or Overloaded (429) before any decoding.
+        `streaming` False: the blocks arrive together with the last one (plain requests)."""
         t0 = time.perf_counter()
         try:
             req = await asyncio.to_thread(self.request, images, language, mode, budget, tag)
         except InputError as e:
             raise ApiError(422, str(e)) from None
-        handle = RowHandle(self, mode, self.mode(mode)[1], t0)
+        handle = RowHandle(self, mode, self.mode(mode)[1], t0, streaming)
         try:
             handle.ticket = self.scheduler.submit(req, handle.sink, deadline)
         except QueueFull as e:

@@ -247,7 +247,7 @@ class ReportService:
                 raise outcome.error
             r, batch = outcome.report, outcome.batch_size
         else:
-            handle = await self._open(request, job)
+            handle = await self._open(request, job, streaming=False)
             try:
                 r = await handle.wait()
             finally:  # cancelled (client gone) or failed: free the slot at the next block edge
@@ -259,10 +259,10 @@ class ReportService:
                     job.language, batch, len(r.tokens), r.forward_passes, latency * 1000)  # fmt: skip
         return report_response(r, job.language, self.model_name, latency, batch)
 
-    async def _open(self, request: Request, job: DecodeJob) -> RowHandle:
+    async def _open(self, request: Request, job: DecodeJob, streaming: bool = True) -> RowHandle:
         assert self.cont is not None
         return await self.cont.open(job.images, job.language, job.mode, job.max_new_tokens, job.deadline,
-                                    tag=request_id(request))  # fmt: skip
+                                    tag=request_id(request), streaming=streaming)  # fmt: skip
 
     @api.post("/v1/reports/stream", responses=ROUTE_ERRORS)
     async def stream_report(self, request: Request) -> StreamingResponse:
