@@ -317,3 +317,17 @@ def test_disconnect_frees_the_slot_and_a_full_queue_answers_429(busy_url):
     assert after["steps"] - steps_at_close < 600, "B kept decoding long after its client left"
     ok = post(busy_url, [png], max_new_tokens=8)  # the queue drained: the next request is served
     assert ok.status_code == 200 and ok.json()["text"] == queued[0].json()["text"]
+
+
+def test_a_stream_closed_before_its_first_block_is_read_frees_its_slot(busy_url):
+    png = phantom_pngs()[0].read_bytes()
+    _wait_for(lambda: _batching(busy_url)["slots_in_use"] == 0, "the replica to be idle", 60)
+    base = _batching(busy_url)
+    r = requests.post(busy_url + "/v1/reports/stream", files=[("images", ("a.png", png, "image/png"))],
+                      data={"mode": "ar", "max_new_tokens": "1200"}, stream=True, timeout=120)  # fmt: skip
+    assert r.status_code == 200, r.text
+    r.close()  # gone right after the status line: no block read
+    _wait_for(lambda: _batching(busy_url)["slots_in_use"] == 0, "the closed stream's slot to be freed", 30)
+    after = _batching(busy_url)
+    assert after["cancelled"] - base["cancelled"] == 1 and after["finished"] == base["finished"]
+    assert after["steps"] - base["steps"] < 600, "the row kept decoding long after its client left"

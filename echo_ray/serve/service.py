@@ -38,6 +38,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
 from ray import serve
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from echo_ray.config import DecodeConfig, PromptConfig, ServeConfig
@@ -274,7 +275,10 @@ class ReportService:
         if self.cont is not None:  # 422 / 429 before the 200 status line goes out
             handle = await self._open(request, job)
             events = self._row_events(request, handle, job, req, t0)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            # The generator's `finally` frees the row once it runs; a client that leaves before the
+            # first block is sent may never start it, so the response's background task does it too.
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers,
+                                     background=BackgroundTask(handle.cancel))  # fmt: skip
         loop = asyncio.get_running_loop()
         try:  # validate (context length) before the 200 status line goes out
             run = await loop.run_in_executor(self.pool, start_generation, self.gen, [job])
