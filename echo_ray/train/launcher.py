@@ -8,8 +8,9 @@
    NCCL on GPUs) with `CheckpointConfig(num_to_keep, score "loss", min)` and
    `FailureConfig(max_failures)`; checkpoints go to `train.distributed.storage_path` (local or
    s3://, default `<output_dir>/ray`). Rerunning the same config continues the same Ray Train run
-   from its latest checkpoint. The controller's poll period is `report_poll_s` (each step's
-   `ray.train.report` waits until the previous one has been collected);
+   from its latest checkpoint. The controller's poll period is `report_poll_s` (a
+   `ray.train.report` waits until the previous one has been collected, so the loop reports every
+   `report_every` steps and at checkpoints, not every step);
 4. the model of the final checkpoint is copied to `<output_dir>/final` (HF-loadable) and the
    resolved config is written to `<output_dir>/echo_config.yaml`.
 

@@ -3,8 +3,10 @@
 Per optimizer step: take `grad_accum` micro-batches of rows from the worker's data shard, let the
 stage build them (images read and processed here, in the worker; noise from a generator seeded by
 (seed, step, rank, micro-batch), so a resumed step re-draws the same noise), run the engine step,
-average the loss over ranks, and report loss, tokens/s, lr and grad norm through
-`ray.train.report` (rank 0 also writes TensorBoard, metrics.jsonl and a progress line). Every
+average the loss over ranks; rank 0 writes loss, tokens/s, lr and grad norm to TensorBoard,
+metrics.jsonl and a progress line every step, and every rank passes them to `ray.train.report`
+every `train.distributed.report_every` steps (a report is a barrier that waits for the controller's
+poll, so reporting every step would pace training at the poll period). Every
 `image_gap_every` steps and at the last step the image-conditioning gap of the stage's loss joins
 those metrics (echo_ray.train.image_gap; its history in `<output_dir>/image_gap.json`). Every
 `checkpoint_every` steps and at the last step, every rank writes its part of a checkpoint and
@@ -134,7 +136,7 @@ def run_loop(job: StageJob, stage: Stage, parts: ModelParts, engine: TrainEngine
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
                 if logger:
                     logger.sync()
-            else:
+            elif step % job.dist.report_every == 0:  # every rank alike: a report is a barrier over ranks
                 ray.train.report(metrics)
     finally:
         if logger:
