@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import diversified
 
-from echo_ray.config import DecodeConfig, PromptConfig
+from echo_ray.config import DecodeConfig, PromptConfig, SlotsConfig
 from echo_ray.decode.batch import collate_prompts
 from echo_ray.decode.blockwise import BlockDecoder
 from echo_ray.decode.generator import ReportGenerator
@@ -175,6 +175,17 @@ def test_ar_batching_matches_single(ckpt, studies) -> None:
     gen = ReportGenerator(ckpt, DecodeConfig(mode="ar", max_new_tokens=10), PromptConfig())
     batched = [r.tokens for r in gen.generate(studies, "en")]
     single = [gen.generate([s], "en")[0].tokens for s in studies]
+    assert batched == single
+
+
+def test_multistep_generate_decodes_more_studies_than_slots_in_batches(ckpt, studies) -> None:
+    """Multi-step rows stack traces and need all rows in slots at once: an evaluation batch larger
+    than decode.slots.max_rows (the demo's eval batch of 32 against 16 slots) runs in batches."""
+    cfg = DecodeConfig(mode="multistep", max_new_tokens=10, slots=SlotsConfig(max_rows=2, max_len=512))
+    gen = ReportGenerator(ckpt, cfg, PromptConfig())
+    many = [studies[i % 3] for i in range(5)]
+    batched = [r.tokens for r in gen.generate(many, "en")]
+    single = [gen.generate([s], "en")[0].tokens for s in many]
     assert batched == single
 
 

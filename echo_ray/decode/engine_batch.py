@@ -37,13 +37,18 @@ class EngineBatch:
         self.requests = [RowRequest(p, mode, b, tag=i) for i, (p, b) in enumerate(zip(prompts, budgets))]
         for req in self.requests:
             engine.check(req)  # every row is refused before any compute
-        self.traced = bool(mode.record_topk) or mode.kind == "multistep"
+        self.traced = self.needs_all_rows(mode)
         if self.traced and n > engine.cfg.max_rows:
             raise ValueError(f"traced decoding needs all {n} rows in slots at once; decode.slots.max_rows is "
                              f"{engine.cfg.max_rows}")  # fmt: skip
         self.stats = DecodeStats()
         self.forwards = [0] * n
         self._running: set[int] = set()
+
+    @staticmethod
+    def needs_all_rows(mode: RowMode) -> bool:
+        """Traced modes (top-k records, multi-step commit steps) stack every row's trace per event."""
+        return bool(mode.record_topk) or mode.kind == "multistep"
 
     def events(self) -> Iterator[BlockEvent]:
         eng, n = self.engine, len(self.requests)

@@ -237,8 +237,17 @@ class ReportGenerator:
         return Generation(self, batch.n_rows, ReferenceRun(self._decoder(cfg), batch), cfg, t0)
 
     def generate(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> list[GeneratedReport]:
-        run = self.stream(studies, language, **overrides)
-        for _ in run:
-            pass
-        assert run.reports is not None
-        return run.reports
+        """Reports for all studies. On the engine, a traced mode (multi-step) needs its rows in slots
+        at once, so more studies than `decode.slots.max_rows` are decoded in consecutive batches."""
+        size = len(studies) or 1
+        cfg = resolve_decode(self.ckpt, replace(self.cfg, **overrides), self.override_block) if overrides else self.cfg
+        if cfg.engine == "static" and cfg.cache != "none" and EngineBatch.needs_all_rows(RowMode.from_decode(cfg)):
+            size = min(size, self.cfg.slots.max_rows)
+        reports: list[GeneratedReport] = []
+        for i in range(0, max(1, len(studies)), size):
+            run = self.stream(studies[i : i + size], language, **overrides)
+            for _ in run:
+                pass
+            assert run.reports is not None
+            reports += run.reports
+        return reports
