@@ -20,8 +20,9 @@ Packets: {"kind": "step", "round", "step", "rows"} and {"kind": "round_end", "ro
 
 Replay after a train worker dies: the feeder also appends every step and round_end it sends to a
 `PacketLog` (uids only; the rows are in the trajectory store). A restarted worker group resumes from
-its last checkpoint (step s) and `replay_packets` rebuilds, for one worker, the packets after s that
-the dead group had already taken from the queues, in order; the live queue continues after them.
+its last checkpoint (step s) and `replay_packets` rebuilds, for one worker, every logged packet after
+s, in order; the live queue continues after them, skipping every packet that was logged when the
+worker opened its stream (replayed now or trained before the checkpoint; `packet_key`).
 
 Usage:
     packer = StepPacker(num_workers=2, batch_size=4)
@@ -175,11 +176,14 @@ class PacketLog:
             f.write(json.dumps(entry) + "\n")
 
 
-def replay_packets(log_path: str | Path, rows_by_uid, rank: int, after_step: int) -> list[dict]:
-    """Worker `rank`'s packets logged after step `after_step`, rows looked up by uid, in order.
+def replay_packets(log_path: str | Path, rows_by_uid, rank: int, after_step: int) -> tuple[list[dict], set[tuple]]:
+    """Worker `rank`'s packets logged after step `after_step`, rows looked up by uid, in order, and
+    the keys (`packet_key`) of every packet logged so far.
 
     rows_by_uid(uids) -> {uid: row} (the trajectory store). `after_step` 0: from the first packet
     (a fresh start, or a restart before the first checkpoint). Raises when the log lacks that step.
+    A packet is logged before it is put, so whatever a queue holds now has one of the returned keys:
+    the reader skips those (trained from the log now, or before the checkpoint).
     """
     path = Path(log_path)
     entries = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x] if path.is_file() else []
@@ -189,12 +193,12 @@ def replay_packets(log_path: str | Path, rows_by_uid, rank: int, after_step: int
     tail = entries[at[0] + 1 :] if after_step else entries
     need = {u for e in tail if e["kind"] == "step" for u in e["uids"][rank]}
     rows = rows_by_uid(need) if need else {}
-    return [{"kind": "step", "round": e["round"], "step": e["step"], "rows": [rows[u] for u in e["uids"][rank]]}
-            if e["kind"] == "step" else dict(e) for e in tail]  # fmt: skip
+    packets = [{"kind": "step", "round": e["round"], "step": e["step"], "rows": [rows[u] for u in e["uids"][rank]]}
+               if e["kind"] == "step" else dict(e) for e in tail]  # fmt: skip
+    return packets, {packet_key(e) for e in entries}
 
 
-def same_packet(a: dict, b: dict) -> bool:
-    """Whether two packets are the same send (a step by its number, a round end by its round)."""
-    if a["kind"] != b["kind"]:
-        return False
-    return a["step"] == b["step"] if a["kind"] == "step" else a.get("round") == b.get("round")
+def packet_key(packet: dict) -> tuple:
+    """A packet's identity in the stream: a step by its number, a round end by its round."""
+    kind = packet["kind"]
+    return (kind, packet.get("step")) if kind == "step" else (kind, packet.get("round"))

@@ -45,7 +45,7 @@ from echo_ray.storage import exists, is_s3, join, read_image, read_text, write_t
 from echo_ray.train.data import DataPosition
 from echo_ray.train.dcd.agreement import onestep_agreement
 from echo_ray.train.dcd.store import from_row, read_trajectories, to_row
-from echo_ray.train.dcd.stream import PACKETS_FILE, PacketReader, replay_packets, same_packet
+from echo_ray.train.dcd.stream import PACKETS_FILE, PacketReader, packet_key, replay_packets
 from echo_ray.train.metrics import worker_line
 from echo_ray.train.rows import LoopCallbacks, LoopEvent, RowStream
 
@@ -73,15 +73,15 @@ class DcdRowSource:
     trajectories: str = ""
 
     def open(self, job, parts, rank: int, position: DataPosition) -> RowStream:
-        replay = None  # without a packet log (trajectories not stored) a restarted group cannot replay
+        replay, logged = None, set()  # without a packet log (trajectories not stored) a restarted group cannot replay
         if self.trajectories:
-            replay = replay_packets(Path(self.trajectories) / PACKETS_FILE, self._rows_by_uid, rank, position.batches)
+            replay, logged = replay_packets(Path(self.trajectories) / PACKETS_FILE, self._rows_by_uid, rank, position.batches)
         elif position.batches:
             raise RuntimeError("a DCD run without stored trajectories cannot resume mid-stream; rerun it")
         if position.batches:
             worker_line(f"[dcd] rank {rank} resumes after step {position.batches}: up to {len(replay)} packet(s) to replay")
         evaluate = job.dist.backend == "ddp" or job.dist.zero_stage < 3
-        rows = StreamRows(self.queues[rank], replay, position.batches)
+        rows = StreamRows(self.queues[rank], replay, position.batches, skip=logged)
         return RowStream(rows, DcdRounds(rows, self.heldout if evaluate else [], parts, rank, self))
 
     def _rows_by_uid(self, uids: set[str]) -> dict[str, dict]:
@@ -91,14 +91,16 @@ class DcdRowSource:
 class StreamRows:
     """Iterator over this worker's packets: (rows, DataPosition) per step packet, RoundEnd events.
 
-    `replay`: packets to deliver before the live queue (after a restart), up to the first one the
-    queue still holds; `steps`: step packets already taken before this stream (the checkpoint's).
+    `replay`: packets to deliver before the live queue (after a restart); `skip`: keys of live packets
+    not to deliver again (all that were logged when the stream opened); `steps`: step packets already
+    taken before this stream (the checkpoint's).
     """
 
-    def __init__(self, queue, replay: list[dict] | None = None, steps: int = 0):
+    def __init__(self, queue, replay: list[dict] | None = None, steps: int = 0, skip: set[tuple] | None = None):
         self.reader = PacketReader(queue)
         self._packets = iter(self.reader)
-        self._replay, self._head = replay, None
+        self._replay = list(replay or [])
+        self._seen: set[tuple] = set(skip or ())  # packets logged at open: replayed, or trained before
         self.t0 = time.perf_counter()
         self.steps = steps
         self.replayed = 0
@@ -108,19 +110,21 @@ class StreamRows:
         return self
 
     def _next_packet(self) -> dict:
-        if self._replay is None:
-            return next(self._packets)  # StopIteration at "stop"
-        if self._head is None:  # first call after a restart: where does the live queue stand?
-            self._head = next(self._packets, {"kind": "stop"})
-            cut = [i for i, p in enumerate(self._replay) if same_packet(p, self._head)]
-            self._replay = self._replay[: cut[0]] if cut else self._replay
+        """Replayed packets first, then the live queue minus what was replayed.
+
+        The log holds every packet before it is put, so a live packet that was logged when the stream
+        opened was either replayed now or trained before the checkpoint: it is skipped. Reading
+        the queue only after the replay matters: a peer rank waits in the first collective for this
+        rank's replayed steps while the feeder may be blocked on that peer's full queue."""
         if self._replay:
+            packet = self._replay.pop(0)
+            self._seen.add(packet_key(packet))
             self.replayed += 1
-            return self._replay.pop(0)
-        head, self._replay = self._head, None
-        if head["kind"] == "stop":
-            raise StopIteration
-        return head
+            return packet
+        while True:
+            packet = next(self._packets)  # StopIteration at "stop"
+            if packet_key(packet) not in self._seen:
+                return packet
 
     def __next__(self) -> tuple[list[dict], DataPosition] | RoundEnd:
         packet = self._next_packet()
