@@ -221,10 +221,14 @@ class ReportGenerator:
                 f"tokens (model context {self.max_context}, decode.slots.max_len {cfg.slots.max_len})"
             )
 
+    def _settings(self, overrides: dict) -> DecodeConfig:
+        """The generator's decode settings with per-call overrides applied and resolved."""
+        return resolve_decode(self.ckpt, replace(self.cfg, **overrides), self.override_block) if overrides else self.cfg
+
     def stream(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> Generation:
         """Start decoding; overrides are DecodeConfig fields (mode, max_new_tokens, cache, ...)."""
         t0 = time.perf_counter()
-        cfg = resolve_decode(self.ckpt, replace(self.cfg, **overrides), self.override_block) if overrides else self.cfg
+        cfg = self._settings(overrides)
         language = language or cfg.language
         prompts = self.prompts(studies, language)
         self.check_fits(max(p.length for p in prompts), cfg.max_new_tokens, cfg)
@@ -240,7 +244,7 @@ class ReportGenerator:
         """Reports for all studies. On the engine, a traced mode (multi-step) needs its rows in slots
         at once, so more studies than `decode.slots.max_rows` are decoded in consecutive batches."""
         size = len(studies) or 1
-        cfg = resolve_decode(self.ckpt, replace(self.cfg, **overrides), self.override_block) if overrides else self.cfg
+        cfg = self._settings(overrides)
         if cfg.engine == "static" and cfg.cache != "none" and EngineBatch.needs_all_rows(RowMode.from_decode(cfg)):
             size = min(size, self.cfg.slots.max_rows)
         reports: list[GeneratedReport] = []

@@ -8,7 +8,8 @@ awaits the row's block updates through an asyncio queue that the scheduler threa
 decoder returns. A plain (non-streaming) request has no use for its blocks until the last one, so
 its handle keeps them on the scheduler thread and hands them over with the final block (or a
 failure) in one wake-up of the event loop instead of one per block: under load the loop thread
-then competes less with the scheduler for the interpreter. A handler that is cancelled (client gone) calls `handle.cancel()` in a `finally`.
+then competes less with the scheduler for the interpreter. A handler that is cancelled (client
+gone) calls `handle.cancel()` in a `finally`.
 
 Usage:
     dec = ContinuousDecoder(gen, gen.engine, max_queue=64, timeout_s=60.0); dec.start()
