@@ -16,7 +16,7 @@ from echo_ray.data.phantom import read_phantom
 from echo_ray.errors import ConfigError, EchoError, InputError
 from echo_ray.train.dcd.driver import prepare
 from echo_ray.train.dcd.pool import TeacherPool
-from echo_ray.train.dcd.replay import replay_results
+from echo_ray.train.dcd.replay import replay_results, review_results
 from echo_ray.train.dcd.store import TrajectoryWriter
 from echo_ray.train.dcd.tasks import TaskQueue, plan_tasks
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
@@ -91,6 +91,28 @@ def test_replay_assigns_rounds_in_order(tmp_path, tiny_ckpt_dir, tasks) -> None:
     ]
 
 
+def test_review_passes_reshuffle_each_stored_round_without_rewriting_it(tmp_path, tiny_ckpt_dir, tasks) -> None:
+    """epochs=3 over 2 stored rounds of 3: rounds 2..5, each the same uids as round r % 2, shuffled
+    per epoch (seeded: the same on a rerun), marked stored so the feeder does not write them again."""
+    worker = TeacherWorker(TeacherSpec(str(tiny_ckpt_dir), steps=2, top_k=4, max_new_tokens=8))
+    recs = worker.decode(tasks[:6], round_index=0).records
+    w = TrajectoryWriter(tmp_path)
+    w.write(recs[:3], 0)
+    w.write(recs[3:], 1)
+    out = list(review_results(str(tmp_path), rounds=2, per_round=3, batch_size=2, epochs=3, seed=0))
+    by_round: dict[int, list[str]] = {}
+    for res in out:
+        assert res.stored and res.teacher == "review" and len(res.records) <= 2
+        assert all(rec.round == res.round_index for rec in res.records)
+        by_round.setdefault(res.round_index, []).extend(rec.uid for rec in res.records)
+    assert sorted(by_round) == [2, 3, 4, 5]
+    for r, uids in by_round.items():
+        assert sorted(uids) == [f"u{i}" for i in range(3 * (r % 2), 3 * (r % 2) + 3)]
+    again = list(review_results(str(tmp_path), rounds=2, per_round=3, batch_size=2, epochs=3, seed=0))
+    assert [[x.uid for x in res.records] for res in again] == [[x.uid for x in res.records] for res in out]
+    assert list(review_results(str(tmp_path), rounds=2, per_round=3, batch_size=2, epochs=1, seed=0)) == []
+
+
 def _copy_ckpt(src: Path, dst: Path, **config_changes) -> Path:
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())
@@ -131,5 +153,10 @@ def test_bad_teacher_or_vocab_fails_before_actors(tiny_ckpt_dir, tmp_path) -> No
         prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.top_k": 10**6}))
     with pytest.raises(ConfigError, match="exceeds train.dcd.max_response_tokens"):
         prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.max_new_tokens": 300}))
+    with pytest.raises(ConfigError, match="none are stored"):
+        prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.epochs": 2,
+                       "train.dcd_teacher.write_trajectories": False}))  # fmt: skip
+    with pytest.raises(ConfigError, match="epochs must be positive"):
+        prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.epochs": 0}))
     with pytest.raises(ConfigError, match="gives some of the 2 workers no rows"):
         prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.prompts_per_round": 1}))

@@ -212,6 +212,9 @@ class DcdTeacherConfig:
     num_teachers: int = 1
     rounds: int = 2
     prompts_per_round: int = 64
+    # Passes over the rounds' trajectories: after the live rounds, epochs - 1 review passes re-read
+    # the stored trajectories (each round reshuffled, no teacher runs) as rounds `rounds`.. onward.
+    epochs: int = 1
     top_k: int = 64
     teacher_steps: Optional[int] = None  # None = block size
     queue_size: int = 32  # trajectory rows buffered between teachers and trainer (over all workers)
@@ -225,8 +228,8 @@ class DcdTeacherConfig:
 
     def check(self, where: str) -> None:
         """The teacher side's own ranges (the ones that involve other sections: train.dcd.checks)."""
-        for name in ("num_teachers", "rounds", "prompts_per_round", "top_k", "queue_size", "teacher_batch_size",
-                     "max_new_tokens"):  # fmt: skip
+        for name in ("num_teachers", "rounds", "prompts_per_round", "epochs", "top_k", "queue_size",
+                     "teacher_batch_size", "max_new_tokens"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
         if self.heldout_prompts < 0:

@@ -75,6 +75,9 @@ def check_dcd_settings(cfg: EchoConfig) -> None:
             f"{where}.max_new_tokens={t.max_new_tokens} (+ up to {B - 1} tokens to finish the last block) exceeds "
             f"train.dcd.max_response_tokens={s.max_response_tokens}"
         )
+    if t.epochs > 1 and not t.replay_from and not (t.write_trajectories and not is_s3(s.output_dir)):
+        raise ConfigError(f"{where}.epochs={t.epochs} reviews the stored trajectories, but none are stored: set "
+                          f"{where}.write_trajectories: true and a local train.dcd.output_dir (or replay_from)")  # fmt: skip
     if not t.teacher and not t.replay_from:
         raise ConfigError(f"{where}.teacher is not set: point it at the ECHO_Base checkpoint (the RAD stage's final model)")
 

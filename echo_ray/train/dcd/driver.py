@@ -9,7 +9,8 @@
    through the feeder thread (`feeder`) into one bounded queue per train worker, while
 4. a `TorchTrainer` runs the shared loop (`echo_ray.train.loop`) with `DcdStage` and this run's
    `DcdRowSource` on `num_workers` workers; `max_steps` is the number of steps the rounds give.
-   With `replay_from` the stored trajectories are fed instead and no teacher starts;
+   With `replay_from` the stored trajectories are fed instead and no teacher starts. With
+   `epochs` > 1 the stored rounds are then reviewed (`replay.review_results`) as further rounds;
 5. the final model is copied to `<output_dir>/final`; trajectories are under
    `<output_dir>/trajectories` (replayable), per-round records in `dcd_rounds.jsonl`, teacher
    metrics in `teacher_metrics.jsonl`, and the run summary in `dcd_summary.json`.
@@ -27,6 +28,7 @@ Usage:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -40,7 +42,7 @@ from echo_ray.storage import is_s3, join, read_text
 from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta
 from echo_ray.train.dcd.feeder import Feeder
 from echo_ray.train.dcd.pool import TeacherPool
-from echo_ray.train.dcd.replay import replay_heldout, replay_results
+from echo_ray.train.dcd.replay import replay_heldout, replay_results, review_results
 from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories, to_row
 from echo_ray.train.dcd.stream import PACKETS_FILE, PacketLog, planned_steps
 from echo_ray.train.dcd.tasks import TaskPlan, TaskQueue, load_tasks, plan_tasks
@@ -78,7 +80,7 @@ def prepare(cfg: EchoConfig) -> tuple[EchoConfig, StagePlan]:
     cfg = replace(cfg, train=replace(cfg.train, dcd=replace(cfg.train.dcd, init_from=student_path)))
     plan = plan_stage(cfg, "dcd", fault_from_env(stage_config(cfg, "dcd").output_dir))
     W, s = cfg.train.distributed.num_workers, plan.job.cfg
-    packets = t.rounds * planned_steps(t.prompts_per_round, W, s.batch_size)
+    packets = t.rounds * t.epochs * planned_steps(t.prompts_per_round, W, s.batch_size)
     if packets % s.grad_accum:
         raise ConfigError(f"the rounds give {packets} micro-batches per worker, not a multiple of "
                           f"train.dcd.grad_accum={s.grad_accum}")  # fmt: skip
@@ -171,7 +173,7 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
     writer = TrajectoryWriter(join(out, "trajectories")) if t.write_trajectories and not t.replay_from and not is_s3(out) else None
     if t.write_trajectories and is_s3(out):
         log.warning("trajectories are stored only under a local train.dcd.output_dir; %s is s3://, none written", out)
-    expected = {r: t.prompts_per_round for r in range(t.rounds)}
+    expected = {r: t.prompts_per_round for r in range(t.rounds * t.epochs)}
     pool, queue, queues, heldout_failures = None, None, [], []
     try:
         if t.replay_from:
@@ -182,6 +184,10 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
             heldout, heldout_failures = _heldout(pool, tasks.heldout, t.teacher_batch_size, writer)
             queue = TaskQueue(tasks, t.teacher_batch_size)
             results = pool.map(queue)
+        if t.epochs > 1:
+            store = t.replay_from or str(writer.root)
+            results = itertools.chain(results, review_results(store, t.rounds, t.prompts_per_round, t.teacher_batch_size,
+                                                              t.epochs, plan.job.cfg.seed))  # fmt: skip
         queues = _queues(cfg, W, bs)
         feeder = Feeder(results, expected, queues, bs, writer, log_path=None if is_s3(out) else join(out, "teacher_metrics.jsonl"),
                         on_failures=queue.replace if queue is not None else None, packet_log=_packet_log(writer))  # fmt: skip

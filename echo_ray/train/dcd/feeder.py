@@ -163,7 +163,7 @@ class Feeder:
             self.on_failures(r, result.failures)  # queues spare studies before the pool asks for more work
         st.tokens += result.tokens
         st.busy_s += result.seconds
-        if self.writer is not None:
+        if self.writer is not None and not result.stored:
             self.writer.write(result.records, r)
         self.buffers[r].extend(to_row(rec) for rec in result.records)
         if self.order and r == self.order[0]:

@@ -61,6 +61,7 @@ class TeacherResult:
     tokens: int
     teacher: str
     round_index: int = 0
+    stored: bool = False  # the records are already in the trajectory store (a review pass): not written again
 
 
 class TeacherWorker:
