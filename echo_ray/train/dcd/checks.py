@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo_ray.config import EchoConfig
+from echo_ray.config.training import DcdTeacherConfig
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, read_echo_meta
 from echo_ray.model.published import block_size_from_name, find_mask_id
@@ -60,6 +61,12 @@ def read_meta(path: str) -> ModelMeta:
     return ModelMeta(path, int(config.get_text_config().vocab_size), len(tokenizer), mask_id, block, tokenizer.eos_token_id)
 
 
+def writes_trajectories(t: DcdTeacherConfig, output_dir: str) -> bool:
+    """Whether this run stores its teachers' trajectories (a local output_dir, not a replay): what
+    worker-death replay and the review passes of `epochs` > 1 read back."""
+    return t.write_trajectories and not t.replay_from and not is_s3(output_dir)
+
+
 def check_dcd_settings(cfg: EchoConfig) -> None:
     t, s, W = cfg.train.dcd_teacher, cfg.train.dcd, cfg.train.distributed.num_workers
     where = "train.dcd_teacher"
@@ -75,7 +82,7 @@ def check_dcd_settings(cfg: EchoConfig) -> None:
             f"{where}.max_new_tokens={t.max_new_tokens} (+ up to {B - 1} tokens to finish the last block) exceeds "
             f"train.dcd.max_response_tokens={s.max_response_tokens}"
         )
-    if t.epochs > 1 and not t.replay_from and not (t.write_trajectories and not is_s3(s.output_dir)):
+    if t.epochs > 1 and not t.replay_from and not writes_trajectories(t, s.output_dir):
         raise ConfigError(f"{where}.epochs={t.epochs} reviews the stored trajectories, but none are stored: set "
                           f"{where}.write_trajectories: true and a local train.dcd.output_dir (or replay_from)")  # fmt: skip
     if not t.teacher and not t.replay_from:

@@ -39,7 +39,7 @@ from pathlib import Path
 from echo_ray.config import EchoConfig, save_config
 from echo_ray.errors import ConfigError
 from echo_ray.storage import is_s3, join, read_text
-from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta
+from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta, writes_trajectories
 from echo_ray.train.dcd.feeder import Feeder
 from echo_ray.train.dcd.pool import TeacherPool
 from echo_ray.train.dcd.replay import replay_heldout, replay_results, review_results
@@ -84,7 +84,7 @@ def prepare(cfg: EchoConfig) -> tuple[EchoConfig, StagePlan]:
     if packets % s.grad_accum:
         raise ConfigError(f"the rounds give {packets} micro-batches per worker, not a multiple of "
                           f"train.dcd.grad_accum={s.grad_accum}")  # fmt: skip
-    replayable = t.write_trajectories and not t.replay_from and not is_s3(plan.output_dir)
+    replayable = writes_trajectories(t, plan.output_dir)
     dist = plan.job.dist if replayable else replace(plan.job.dist, max_failures=0)
     job = replace(plan.job, cfg=replace(s, max_steps=packets // s.grad_accum), dist=dist)
     return cfg, replace(plan, job=job)
@@ -170,7 +170,7 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
     tasks = _plan_prompts(cfg, plan)
     if not ray.is_initialized():
         ray.init()
-    writer = TrajectoryWriter(join(out, "trajectories")) if t.write_trajectories and not t.replay_from and not is_s3(out) else None
+    writer = TrajectoryWriter(join(out, "trajectories")) if writes_trajectories(t, out) else None
     if t.write_trajectories and is_s3(out):
         log.warning("trajectories are stored only under a local train.dcd.output_dir; %s is s3://, none written", out)
     expected = {r: t.prompts_per_round for r in range(t.rounds * t.epochs)}
