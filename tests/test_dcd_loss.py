@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from echo_ray.train.dcd.loss import bucket_kl, commit_weights, dcd_loss
+from echo_ray.train.dcd.loss import bucket_kl, commit_weights, dcd_loss, sharpen_targets
 from echo_ray.train.dcd.stream import StepPacker, planned_steps
 from echo_ray.train.dcd.trajectory import renormalize_topk
 
@@ -53,6 +53,28 @@ def test_bucket_kl_is_a_lower_bound_of_the_full_kl() -> None:
         b = bucket_kl(logq, ids, lp, mass)
         assert (b >= 0).all() and (b <= full + 1e-5).all()
     torch.testing.assert_close(bucket_kl(logq, *_targets(p_logits, V - 2)), full, atol=1e-4, rtol=1e-4)
+
+
+def test_sharpened_targets_are_the_tempered_bucket_distribution() -> None:
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.randn(5, V, generator=g) * 2
+    ids, lp, mass = _targets(teacher)
+    same = sharpen_targets(lp, mass, 1.0)
+    assert same[0] is lp and same[1] is mass
+    # by hand: the K + 1 bucket probabilities to the power 1/T, renormalized
+    p = torch.cat([(lp + mass[:, None]).exp(), (1 - mass.exp())[:, None]], -1)
+    want = p**2 / (p**2).sum(-1, keepdim=True)
+    slp, smass = sharpen_targets(lp, mass, 0.5)
+    torch.testing.assert_close(slp.exp().sum(-1), torch.ones(5))
+    torch.testing.assert_close((slp + smass[:, None]).exp(), want[:, :K], atol=1e-5, rtol=1e-4)
+    # T -> 0: a one-hot on the teacher's top id, the rest bucket emptied
+    hlp, hmass = sharpen_targets(lp, mass, 0.02)
+    assert (hlp.argmax(-1) == 0).all() and (hlp[:, 0].exp() > 0.999).all() and (hmass.exp() > 0.999).all()
+    # a target holding all its mass in the K ids keeps an empty rest bucket
+    full_ids, full_lp, full_mass = _targets(teacher, V - 1)
+    assert torch.isfinite(sharpen_targets(full_lp, full_mass, 0.5)[0]).all()
+    with pytest.raises(ValueError, match="temperature"):
+        sharpen_targets(lp, mass, 0.0)
 
 
 def test_gradient_pushes_student_toward_teacher() -> None:

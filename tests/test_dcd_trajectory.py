@@ -3,6 +3,8 @@ the recorded partial block, the student's batch layout, and Parquet write/replay
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from echo_ray.data.phantom import read_phantom
 from echo_ray.errors import InputError
 from echo_ray.model.forward import embed, extend_positions, image_features, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
+from echo_ray.train.dcd.loss import sharpen_targets
 from echo_ray.train.dcd.stage import DcdStage, student_response
 from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories, from_row, read_trajectories, to_row
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
@@ -132,6 +135,13 @@ def test_student_batch_layout(worker, result) -> None:
         torch.testing.assert_close(kl[: r.response_len - n_eos], w[: r.response_len - n_eos])
     loss, metrics = DcdStage(Limits(2048, 256), cfg).loss(c.model, batch)
     assert torch.isfinite(loss) and 0.0 <= metrics["tf_agreement"] <= 1.0 and metrics["eos_nll"] > 0
+    # sharpened targets: the same slots carry the tempered teacher conditionals
+    hot = DcdStage(Limits(2048, 256), replace(cfg, target_temperature=0.5)).build_batch([to_row(rec)], parts, torch.Generator())
+    cand = hot["masked"][0]
+    want_lp, want_mass = sharpen_targets(torch.as_tensor(rec.topk_logprobs), torch.as_tensor(rec.topk_logmass), 0.5)
+    torch.testing.assert_close(hot["topk_logprobs"][0][cand], want_lp)
+    torch.testing.assert_close(hot["topk_logmass"][0][cand], want_mass)
+    assert not torch.allclose(hot["topk_logprobs"][0][cand], batch["topk_logprobs"][0][cand])
 
 
 def test_prompt_mismatch_is_an_error(worker, result) -> None:

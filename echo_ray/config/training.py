@@ -170,11 +170,14 @@ class DcdLossConfig:
     weight_schedule: Literal["linear", "exp", "flat"] = "linear"
     weight_strength: float = 1.0
     eos_weight: float = 1.0
+    target_temperature: float = 1.0  # < 1 sharpens the teacher's conditionals (echo_ray.train.dcd.loss)
 
     def check(self, where: str) -> None:
         for name in ("weight_strength", "eos_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.target_temperature <= 1.0:
+            raise ConfigError(f"{where}.target_temperature must be in (0, 1], got {self.target_temperature}")
 
 
 @dataclass

@@ -21,8 +21,17 @@ Weights: x = (s - 1) / (S - 1) in [0, 1] (x = 0 when S = 1); linear w = 1 + stre
 exp w = exp(strength * x), flat w = 1 (the ablation). Later commits carry more mean-field bias, so
 w grows with s; dividing by S - 1 makes `strength` mean the same for any S.
 
+Sharpened targets (`sharpen_targets`, `train.dcd.loss.target_temperature` T < 1): each teacher
+conditional, coarse-grained to the K ids + rest, is raised to the power 1/T and renormalized. T = 1 is
+the paper's loss; T -> 0 approaches a one-hot on the teacher's committed token (the teacher decodes
+greedily, so it committed the argmax). Why: where the teacher was nearly tied between phrasings at
+the step it committed a token, a soft target trains the one-step student to stay tied there while
+the later positions of the same phrase (committed after it, conditioned on it) are sharp; on a
+held-out context the tied position can then flip alone and the block mixes two phrasings.
+
 Usage:
     w = commit_weights(commit_step, steps=4, schedule="linear", strength=1.0)
+    lp, mass = sharpen_targets(topk_logprobs, topk_logmass, temperature=0.5)
     loss, parts = dcd_loss(logits, topk_ids, topk_logprobs, topk_logmass, kl_w, eos_w, eos_id, mask_id)
 """
 
@@ -46,6 +55,27 @@ def commit_weights(commit_step: torch.Tensor, steps: int | torch.Tensor, schedul
     if schedule == "exp":
         return torch.exp(strength * x)
     return torch.ones_like(x)
+
+
+def sharpen_targets(
+    topk_logprobs: torch.Tensor, topk_logmass: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher conditionals at temperature T over the K ids + rest bucket.
+
+    topk_logprobs: (..., K) renormalized over the K ids; topk_logmass: (...) log mass of the K ids.
+    Returns the same pair for p^(1/T) / Z. T = 1 returns the inputs unchanged.
+    """
+    if temperature <= 0:
+        raise ValueError(f"target temperature must be > 0, got {temperature}")
+    if temperature == 1.0:
+        return topk_logprobs, topk_logmass
+    mass = topk_logmass.float()
+    full = topk_logprobs.float() + mass[..., None]
+    rest = torch.log((-torch.expm1(mass)).clamp(min=0.0))  # -inf where the K ids hold all the mass
+    scaled = torch.cat([full, rest[..., None]], dim=-1) / temperature
+    scaled = scaled - scaled.logsumexp(-1, keepdim=True)
+    new_mass = scaled[..., :-1].logsumexp(-1)
+    return scaled[..., :-1] - new_mass[..., None], new_mass
 
 
 def bucket_kl(

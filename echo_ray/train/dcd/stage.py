@@ -32,7 +32,7 @@ from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
 from echo_ray.model.prompt import build_prompt
 from echo_ray.storage import read_image
-from echo_ray.train.dcd.loss import commit_weights, dcd_loss
+from echo_ray.train.dcd.loss import commit_weights, dcd_loss, sharpen_targets
 from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.trajectory import TrajectoryRecord
 from echo_ray.train.examples import Limits
@@ -73,8 +73,9 @@ def slot_targets(rec: TrajectoryRecord, lay: RadLayout, cfg: DcdLossConfig) -> d
         "eos_weight": torch.zeros(L, dtype=torch.float32),
     }
     out["topk_ids"][slots] = torch.as_tensor(rec.topk_ids)[j].long()
-    out["topk_logprobs"][slots] = torch.as_tensor(rec.topk_logprobs)[j]
-    out["topk_logmass"][slots] = torch.as_tensor(rec.topk_logmass)[j]
+    lp, mass = sharpen_targets(torch.as_tensor(rec.topk_logprobs)[j], torch.as_tensor(rec.topk_logmass)[j], cfg.target_temperature)
+    out["topk_logprobs"][slots] = lp
+    out["topk_logmass"][slots] = mass
     out["kl_weight"][slots] = torch.where(eos_part, torch.zeros_like(w), w)
     out["eos_weight"][slots] = eos_part.float() * float(cfg.eos_weight)
     return out
