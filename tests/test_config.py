@@ -69,6 +69,7 @@ def test_setting_one_key_keeps_the_section_defaults() -> None:
     ({"train.rad.noise.t_min": 0.9, "train.rad.noise.t_max": 0.5}, "train.rad.noise needs 0 < t_min <= t_max"),
     ({"train.dcd.loss.eos_weight": -1}, "train.dcd.loss.eos_weight must be >= 0"),
     ({"train.dcd.loss.target_temperature": 0}, "train.dcd.loss.target_temperature must be in \\(0, 1\\]"),
+    ({"train.dcd.loss.context_noise": 1.0}, "train.dcd.loss.context_noise must be in \\[0, 1\\)"),
     ({"train.cpt.max_steps": 0}, "train.cpt.max_steps must be positive"),
     ({"train.distributed.zero_stage": 5}, "train.distributed.zero_stage must be 0-3"),
     ({"train.dcd_teacher.teacher_cpus": 0}, "train.dcd_teacher: each teacher needs some CPU"),

@@ -142,6 +142,13 @@ def test_student_batch_layout(worker, result) -> None:
     torch.testing.assert_close(hot["topk_logprobs"][0][cand], want_lp)
     torch.testing.assert_close(hot["topk_logmass"][0][cand], want_mass)
     assert not torch.allclose(hot["topk_logprobs"][0][cand], batch["topk_logprobs"][0][cand])
+    # context noise: only the clean response (the prefix later blocks see) changes; targets do not
+    noisy_ctx = DcdStage(Limits(2048, 256), replace(cfg, context_noise=0.5)).build_batch([to_row(rec)], parts, torch.Generator())
+    clean = DcdStage(Limits(2048, 256), cfg).build_batch([to_row(rec)], parts, torch.Generator())
+    diff = noisy_ctx["input_ids"][0] != clean["input_ids"][0]
+    slot = torch.arange(diff.shape[0])
+    assert bool(diff.any()) and not bool((diff & (clean["is_noisy"][0] | (slot < rec.prompt_ids.shape[0]))).any())
+    assert torch.equal(noisy_ctx["targets"], clean["targets"]) and torch.equal(noisy_ctx["topk_ids"], clean["topk_ids"])
 
 
 def test_prompt_mismatch_is_an_error(worker, result) -> None:

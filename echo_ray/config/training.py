@@ -171,6 +171,7 @@ class DcdLossConfig:
     weight_strength: float = 1.0
     eos_weight: float = 1.0
     target_temperature: float = 1.0  # < 1 sharpens the teacher's conditionals (echo_ray.train.dcd.loss)
+    context_noise: float = 0.0  # rate of clean-prefix tokens swapped within their block (train.noise.mix_block_tokens)
 
     def check(self, where: str) -> None:
         for name in ("weight_strength", "eos_weight"):
@@ -178,6 +179,8 @@ class DcdLossConfig:
                 raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.target_temperature <= 1.0:
             raise ConfigError(f"{where}.target_temperature must be in (0, 1], got {self.target_temperature}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise ConfigError(f"{where}.context_noise must be in [0, 1), got {self.context_noise}")
 
 
 @dataclass

@@ -6,8 +6,13 @@ masks one uniformly chosen response token when the draw masked none, so every bl
 Prompt-tail slots of the first noisy block are never candidates. All randomness comes from the
 caller's `torch.Generator`, so a resumed run re-draws the same noise for the same step.
 
+`mix_block_tokens` is the DCD student's context noise: it replaces some clean response tokens with
+another token of the same block, the errors a one-step decoder makes when it mixes two phrasings
+("The The heart enlarged enlarged"), so the student also learns to continue after its own slips.
+
 Usage:
     masked, t = sample_block_noise(block, candidate, 0.3, 0.8, generator)   # (N, L) each
+    ids = mix_block_tokens(ids, block, clean_response, 0.05, generator)     # (N, L)
 """
 
 from __future__ import annotations
@@ -45,3 +50,32 @@ def sample_block_noise(
             masked[i, slots[hit]] = True
             rate[i, slots] = t
     return masked, rate
+
+
+def mix_block_tokens(
+    ids: torch.Tensor,
+    block: torch.Tensor,
+    eligible: torch.Tensor,
+    rate: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Replace each eligible token, with probability `rate`, by an eligible token of its own block.
+
+    ids, block: (N, L) long; eligible: (N, L) bool (the clean response slots). Returns a new (N, L)
+    tensor; slots that are not eligible are never changed, and a block with one eligible slot keeps it.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"context noise rate must be in [0, 1), got {rate}")
+    out = ids.clone()
+    if rate == 0.0:
+        return out
+    for i in range(ids.shape[0]):
+        elig = eligible[i].bool()
+        for b in torch.unique(block[i][elig]).tolist():
+            slots = torch.nonzero(elig & (block[i] == b)).flatten()
+            hit = torch.rand(len(slots), generator=generator) < rate
+            if len(slots) < 2 or not bool(hit.any()):
+                continue
+            src = slots[torch.randint(len(slots), (int(hit.sum()),), generator=generator)]
+            out[i, slots[hit]] = ids[i, src]
+    return out

@@ -8,6 +8,11 @@ view the one-step decoder has. The clean response is the teacher's tokens cut at
 padded with EOS to the block edge (nothing attends to the clean copy of the last block, so what
 the teacher committed after EOS there does not matter); without an EOS it is the whole decode.
 
+With `context_noise` > 0 some tokens of the clean copy (the prefix later blocks see) are replaced by
+another token of their block (`echo_ray.train.noise.mix_block_tokens`) while the targets stay the
+teacher's: the one-step student sees its own kind of slip in training and learns to recover from it
+instead of compounding it over the following blocks.
+
 Targets on noisy slot j (response position j): before the first EOS, the teacher's top-K
 conditional with weight w(s_j); from the first EOS on, EOS with weight w_eos (`loss.dcd_loss`).
 
@@ -36,6 +41,7 @@ from echo_ray.train.dcd.loss import commit_weights, dcd_loss, sharpen_targets
 from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.trajectory import TrajectoryRecord
 from echo_ray.train.examples import Limits
+from echo_ray.train.noise import mix_block_tokens
 from echo_ray.train.rad import collate_rad, stack_layouts
 from echo_ray.train.rad_layout import RadLayout, pad_response, rad_layout
 from echo_ray.train.stage import Batch, ModelParts, batch_embeds
@@ -136,6 +142,12 @@ class DcdStage:
         masked = stacked["candidate"].clone()  # the noisy copy is fully masked
         tensors = collate_rad(stacked, layouts, positions, masked, masked.float(), parts.mask_id)
         del tensors["t"]
+        if self.cfg.context_noise > 0:
+            prompt_len = torch.tensor([lay.prompt_len for lay in layouts])[:, None]
+            slot = torch.arange(stacked["valid"].shape[1])[None, :]
+            clean_response = stacked["valid"] & ~stacked["is_noisy"] & (slot >= prompt_len)
+            tensors["input_ids"] = mix_block_tokens(tensors["input_ids"], stacked["block"], clean_response,
+                                                    self.cfg.context_noise, generator)  # fmt: skip
         tensors.update(stack_targets(targets, stacked["valid"].shape[1]))
         tensors["pixel_values"] = torch.cat([p.pixel_values for p in prompts])
         tensors["image_grid_thw"] = torch.cat([p.image_grid_thw for p in prompts])
