@@ -143,8 +143,11 @@ def test_student_batch_layout(worker, result) -> None:
     torch.testing.assert_close(hot["topk_logmass"][0][cand], want_mass)
     assert not torch.allclose(hot["topk_logprobs"][0][cand], batch["topk_logprobs"][0][cand])
     # context noise: only the clean response (the prefix later blocks see) changes; targets do not
-    noisy_ctx = DcdStage(Limits(2048, 256), replace(cfg, context_noise=0.5)).build_batch([to_row(rec)], parts, torch.Generator())
-    clean = DcdStage(Limits(2048, 256), cfg).build_batch([to_row(rec)], parts, torch.Generator())
+    varied = from_row(to_row(rec))  # the random teacher repeats one token: give the prefix distinct ones
+    varied.tokens = np.arange(10, 10 + varied.response_len, dtype=np.int32)
+    varied.eos_pos = -1
+    noisy_ctx = DcdStage(Limits(2048, 256), replace(cfg, context_noise=0.5)).build_batch([to_row(varied)], parts, torch.Generator())
+    clean = DcdStage(Limits(2048, 256), cfg).build_batch([to_row(varied)], parts, torch.Generator())
     diff = noisy_ctx["input_ids"][0] != clean["input_ids"][0]
     slot = torch.arange(diff.shape[0])
     assert bool(diff.any()) and not bool((diff & (clean["is_noisy"][0] | (slot < rec.prompt_ids.shape[0]))).any())
