@@ -17,7 +17,21 @@ Usage:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+
+
+def block_slots(block: torch.Tensor, selected: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(row, slot indices) of each block's selected slots, row by row, blocks in ascending order.
+
+    block: (N, L) long block index of every slot; selected: (N, L) bool. Both noise functions draw
+    their randomness in this order, so a seeded generator gives the same noise on every run.
+    """
+    for i in range(block.shape[0]):
+        sel = selected[i].bool()
+        for b in torch.unique(block[i][sel]).tolist():
+            yield i, torch.nonzero(sel & (block[i] == b)).flatten()
 
 
 def sample_block_noise(
@@ -39,16 +53,13 @@ def sample_block_noise(
         raise ValueError(f"block and candidate must both be (N, L); got {tuple(block.shape)} and {tuple(candidate.shape)}")
     masked = torch.zeros_like(candidate, dtype=torch.bool)
     rate = torch.zeros(candidate.shape, dtype=torch.float32)
-    for i in range(block.shape[0]):
-        cand = candidate[i].bool()
-        for b in torch.unique(block[i][cand]).tolist():
-            slots = torch.nonzero(cand & (block[i] == b)).flatten()
-            t = t_min + (t_max - t_min) * float(torch.rand((), generator=generator))
-            hit = torch.rand(len(slots), generator=generator) < t
-            if not bool(hit.any()):
-                hit[int(torch.randint(len(slots), (), generator=generator))] = True
-            masked[i, slots[hit]] = True
-            rate[i, slots] = t
+    for i, slots in block_slots(block, candidate):
+        t = t_min + (t_max - t_min) * float(torch.rand((), generator=generator))
+        hit = torch.rand(len(slots), generator=generator) < t
+        if not bool(hit.any()):
+            hit[int(torch.randint(len(slots), (), generator=generator))] = True
+        masked[i, slots[hit]] = True
+        rate[i, slots] = t
     return masked, rate
 
 
@@ -69,13 +80,10 @@ def mix_block_tokens(
     out = ids.clone()
     if rate == 0.0:
         return out
-    for i in range(ids.shape[0]):
-        elig = eligible[i].bool()
-        for b in torch.unique(block[i][elig]).tolist():
-            slots = torch.nonzero(elig & (block[i] == b)).flatten()
-            hit = torch.rand(len(slots), generator=generator) < rate
-            if len(slots) < 2 or not bool(hit.any()):
-                continue
-            src = slots[torch.randint(len(slots), (int(hit.sum()),), generator=generator)]
-            out[i, slots[hit]] = ids[i, src]
+    for i, slots in block_slots(block, eligible):
+        hit = torch.rand(len(slots), generator=generator) < rate
+        if len(slots) < 2 or not bool(hit.any()):
+            continue
+        src = slots[torch.randint(len(slots), (int(hit.sum()),), generator=generator)]
+        out[i, slots[hit]] = ids[i, src]
     return out
