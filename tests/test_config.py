@@ -70,6 +70,7 @@ def test_setting_one_key_keeps_the_section_defaults() -> None:
     ({"train.dcd.loss.eos_weight": -1}, "train.dcd.loss.eos_weight must be >= 0"),
     ({"train.dcd.loss.target_temperature": 0}, "train.dcd.loss.target_temperature must be in \\(0, 1\\]"),
     ({"train.dcd.loss.context_noise": 1.0}, "train.dcd.loss.context_noise must be in \\[0, 1\\)"),
+    ({"train.rad.noise.context": -0.1}, "train.rad.noise.context must be in \\[0, 1\\)"),
     ({"train.cpt.max_steps": 0}, "train.cpt.max_steps must be positive"),
     ({"train.distributed.zero_stage": 5}, "train.distributed.zero_stage must be 0-3"),
     ({"train.dcd_teacher.teacher_cpus": 0}, "train.dcd_teacher: each teacher needs some CPU"),

@@ -161,3 +161,25 @@ def test_activation_checkpointing_keeps_loss_and_gradients(tiny_ckpt_dir, rows):
     (l0, g0), (l1, g1) = grads
     assert l0 == pytest.approx(l1, rel=1e-6) and g0.keys() == g1.keys()
     assert all(torch.allclose(g0[n], g1[n], atol=1e-6) for n in g0)
+
+
+def test_context_noise_changes_only_the_clean_response(parts, rows):
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    plain = _stage().build_batch(rows[:3], parts, gen())
+    noisy_stage = RadStage(Limits(512, 256), NoiseConfig(t_min=0.3, t_max=0.8, context=0.3))
+    mixed = noisy_stage.build_batch(rows[:3], parts, gen())
+    changed = plain["input_ids"] != mixed["input_ids"]
+    assert bool(changed.any()), "some clean response tokens are swapped"
+    for i in range(3):
+        valid, is_noisy = plain["valid"][i], plain["is_noisy"][i]
+        clean_len = int((~is_noisy & valid).sum())
+        n_noisy = int((is_noisy & valid).sum())
+        prompt_end = clean_len - n_noisy + int((plain["t"][i] == 0)[clean_len:clean_len + n_noisy].sum())
+        # never the prompt, never the noisy copy; each swapped token comes from its own block
+        assert not bool(changed[i, :prompt_end].any()) and not bool(changed[i, clean_len:].any())
+        for j in torch.nonzero(changed[i]).flatten().tolist():
+            same_block = (plain["block"][i] == plain["block"][i, j]) & ~is_noisy & valid
+            assert int(mixed["input_ids"][i, j]) in plain["input_ids"][i, same_block].tolist()
+    # the noise is only in what later blocks see: the masking, the rates and the targets are unchanged
+    for key in ("masked", "t", "targets"):
+        assert torch.equal(plain[key], mixed[key])

@@ -153,14 +153,19 @@ class DistributedConfig:
 
 @dataclass
 class NoiseConfig:
-    """RAD's per-block masking rate range, t ~ U(t_min, t_max)."""
+    """RAD's per-block masking rate range, t ~ U(t_min, t_max), and its context noise."""
 
     t_min: float = 0.3
     t_max: float = 0.8
+    # Rate of clean-copy response tokens swapped within their block (the prefix later blocks see),
+    # targets unchanged (train.noise.mix_block_tokens): the teacher learns to continue after a slip.
+    context: float = 0.0
 
     def check(self, where: str) -> None:
         if not 0.0 < self.t_min <= self.t_max <= 1.0:
             raise ConfigError(f"{where} needs 0 < t_min <= t_max <= 1, got [{self.t_min}, {self.t_max}]")
+        if not 0.0 <= self.context < 1.0:
+            raise ConfigError(f"{where}.context must be in [0, 1), got {self.context}")
 
 
 @dataclass
@@ -231,6 +236,10 @@ class DcdTeacherConfig:
     heldout_prompts: int = 16  # dcd-split prompts kept out of training; one-step agreement is measured on them
     max_new_tokens: int = 160  # teacher decode length limit
     write_trajectories: bool = True  # store every trajectory under <train.dcd.output_dir>/trajectories
+    # On-policy DCD (a second DCD pass, DAgger-style): the rounds' prompts are decoded one step per
+    # block by this student checkpoint and the teacher labels every block of its reports (the
+    # held-out prompts stay the teacher's own decodes). Empty: the teacher decodes on its own.
+    on_policy_student: str = ""
 
     def check(self, where: str) -> None:
         """The teacher side's own ranges (the ones that involve other sections: train.dcd.checks)."""

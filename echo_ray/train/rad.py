@@ -6,7 +6,11 @@ t ~ U(t_min, t_max) per noisy block and mask response tokens with it (`sample_bl
 run one forward under `rad_mask` (block-causal among prompt+clean; a noisy block sees earlier
 clean blocks and itself; nothing sees a noisy slot except its own block). The loss is `rad_loss`:
 sum of CE / t over masked slots, no token shift, over the number of response tokens. Rows are
-right-padded to the longest row; padding is never attended to and never scored.
+right-padded to the longest row; padding is never attended to and never scored. With
+`noise.context` > 0 some clean-copy response tokens are swapped within their block
+(`mix_block_tokens`) while the targets stay the report's, so the teacher learns to continue after
+a slipped block rather than only after clean ones (the prefixes its multi-step decode, and the DCD
+student's one-step decode, actually produce).
 
 Usage:
     stage = RadStage(Limits(2048, 256), NoiseConfig(t_min=0.3, t_max=0.8))
@@ -24,7 +28,7 @@ from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
 from echo_ray.train.examples import Example, Limits, check_lengths, encode_row
 from echo_ray.train.losses import rad_loss
-from echo_ray.train.noise import sample_block_noise
+from echo_ray.train.noise import mix_block_tokens, sample_block_noise
 from echo_ray.train.rad_layout import RadLayout, pad_response, rad_layout
 from echo_ray.train.stage import Batch, ModelParts, batch_embeds
 
@@ -83,6 +87,13 @@ def stack_layouts(layouts: list[RadLayout], pad_id: int) -> dict[str, torch.Tens
     return out
 
 
+def clean_response(stacked: dict[str, torch.Tensor], layouts: list[RadLayout]) -> torch.Tensor:
+    """(N, Lmax) bool: the clean copy's response slots (what later blocks see as their prefix)."""
+    prompt_len = torch.tensor([lay.prompt_len for lay in layouts])[:, None]
+    slot = torch.arange(stacked["valid"].shape[1])[None, :]
+    return stacked["valid"] & ~stacked["is_noisy"] & (slot >= prompt_len)
+
+
 def layout_example(ex: Example, parts: ModelParts) -> tuple[RadLayout, torch.Tensor]:
     """RAD layout and clean M-RoPE ids (3, T) of one example."""
     B = parts.block_size
@@ -114,6 +125,9 @@ class RadStage:
         stacked = stack_layouts(layouts, parts.pad_id)
         masked, t = sample_block_noise(stacked["block"], stacked["candidate"], self.noise.t_min, self.noise.t_max, generator)
         tensors = collate_rad(stacked, layouts, [p for _, p in laid], masked, t, parts.mask_id)
+        if self.noise.context > 0:
+            tensors["input_ids"] = mix_block_tokens(tensors["input_ids"], stacked["block"], clean_response(stacked, layouts),
+                                                    self.noise.context, generator)  # fmt: skip
         tensors["pixel_values"] = torch.cat([ex.prompt.pixel_values for ex in examples])
         tensors["image_grid_thw"] = torch.cat([ex.prompt.image_grid_thw for ex in examples])
         return Batch(tensors, [ex.study_id for ex in examples], n_tokens=sum(lay.length for lay in layouts))

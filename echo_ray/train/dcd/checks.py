@@ -85,6 +85,9 @@ def check_dcd_settings(cfg: EchoConfig) -> None:
     if t.epochs > 1 and not t.replay_from and not writes_trajectories(t, s.output_dir):
         raise ConfigError(f"{where}.epochs={t.epochs} reviews the stored trajectories, but none are stored: set "
                           f"{where}.write_trajectories: true and a local train.dcd.output_dir (or replay_from)")  # fmt: skip
+    if t.on_policy_student and t.replay_from:
+        raise ConfigError(f"{where}.on_policy_student needs live teachers to label the student's reports; "
+                          f"it cannot be combined with {where}.replay_from")  # fmt: skip
     if not t.teacher and not t.replay_from:
         raise ConfigError(f"{where}.teacher is not set: point it at the ECHO_Base checkpoint (the RAD stage's final model)")
 

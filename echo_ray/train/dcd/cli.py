@@ -1,7 +1,8 @@
 """`echo-ray train dcd` and `jobs/train_dcd.py`: run Stage 3 from the config, with a few shortcuts.
 
 Flags override the config: --teacher (train.dcd_teacher.teacher), --data (train.dcd.data),
---output-dir (train.dcd.output_dir), --replay-from (train.dcd_teacher.replay_from); anything else
+--output-dir (train.dcd.output_dir), --replay-from (train.dcd_teacher.replay_from),
+--on-policy-student (train.dcd_teacher.on_policy_student); anything else
 with --set KEY=VALUE. Prints the per-round one-step agreement and the final model's path; bad
 input ends with one line on stderr and exit code 2 (echo_ray.cli).
 
@@ -23,6 +24,7 @@ FLAG_KEYS = {
     "data": "train.dcd.data",
     "output_dir": "train.dcd.output_dir",
     "replay_from": "train.dcd_teacher.replay_from",
+    "on_policy_student": "train.dcd_teacher.on_policy_student",
 }
 
 
@@ -32,6 +34,8 @@ def add_dcd_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="normalized dataset (manifest.json + dcd/*.parquet)")
     p.add_argument("--output-dir", help="where checkpoints, trajectories, metrics and final/ go")
     p.add_argument("--replay-from", help="train on stored trajectories (<dir>/round-*/part-*.parquet); no teacher runs")
+    p.add_argument("--on-policy-student", help="on-policy DCD: the teacher labels this student's one-step reports "
+                   "(usually the previous DCD run's final model, also set as train.dcd.init_from)")
     p.add_argument("--json", action="store_true", help="print the run summary as one JSON line")
     p.set_defaults(func=run_dcd_command)
 

@@ -75,6 +75,8 @@ def prepare(cfg: EchoConfig) -> tuple[EchoConfig, StagePlan]:
         teacher = read_meta(t.teacher)
         check_teacher(teacher, cfg)
         check_vocab(teacher, student)
+        if t.on_policy_student:
+            check_vocab(teacher, read_meta(t.on_policy_student))
     else:
         check_teacher(student, cfg)  # replay: the student must still be a block-diffusion checkpoint
     cfg = replace(cfg, train=replace(cfg.train, dcd=replace(cfg.train.dcd, init_from=student_path)))
@@ -101,7 +103,7 @@ def _teacher_pool(cfg: EchoConfig, worker_cls: type) -> TeacherPool:
     t, m = cfg.train.dcd_teacher, cfg.model
     spec = TeacherSpec(t.teacher, t.teacher_steps, t.top_k, t.max_new_tokens, m.dtype, m.attn_implementation,
                        m.cache_dir, cfg.prompt, threads=max(1, math.ceil(t.teacher_cpus)),
-                       batch_size=t.teacher_batch_size)  # fmt: skip
+                       batch_size=t.teacher_batch_size, student=t.on_policy_student)  # fmt: skip
     return TeacherPool(worker_cls, (spec,), t.num_teachers, num_cpus=t.teacher_cpus, num_gpus=t.teacher_gpus)
 
 

@@ -7,6 +7,8 @@ trains in one forward, each seeing the teacher's earlier blocks as its clean pre
 view the one-step decoder has. The clean response is the teacher's tokens cut at its first EOS and
 padded with EOS to the block edge (nothing attends to the clean copy of the last block, so what
 the teacher committed after EOS there does not matter); without an EOS it is the whole decode.
+On-policy records (`on_policy`) bring their clean copy: the student's own one-step report, with
+the teacher's conditionals given it as the targets.
 
 With `context_noise` > 0 some tokens of the clean copy (the prefix later blocks see) are replaced by
 another token of their block (`echo_ray.train.noise.mix_block_tokens`) while the targets stay the
@@ -42,7 +44,7 @@ from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.trajectory import TrajectoryRecord
 from echo_ray.train.examples import Limits
 from echo_ray.train.noise import mix_block_tokens
-from echo_ray.train.rad import collate_rad, stack_layouts
+from echo_ray.train.rad import clean_response, collate_rad, stack_layouts
 from echo_ray.train.rad_layout import RadLayout, pad_response, rad_layout
 from echo_ray.train.stage import Batch, ModelParts, batch_embeds
 
@@ -50,7 +52,10 @@ TARGET_KEYS = ("topk_ids", "topk_logprobs", "topk_logmass", "kl_weight", "eos_we
 
 
 def student_response(rec: TrajectoryRecord, eos_id: int) -> torch.Tensor:
-    """The clean copy: teacher tokens up to the first EOS, EOS-padded to the block edge. -> (R,)."""
+    """The clean copy: the student's report for on-policy records, else the teacher's tokens up to the
+    first EOS, EOS-padded to the block edge. -> (R,)."""
+    if rec.context is not None:
+        return torch.as_tensor(rec.context, dtype=torch.long)
     toks = torch.as_tensor(rec.tokens, dtype=torch.long)
     if rec.eos_pos < 0:
         return toks
@@ -143,10 +148,7 @@ class DcdStage:
         tensors = collate_rad(stacked, layouts, positions, masked, masked.float(), parts.mask_id)
         del tensors["t"]
         if self.cfg.context_noise > 0:
-            prompt_len = torch.tensor([lay.prompt_len for lay in layouts])[:, None]
-            slot = torch.arange(stacked["valid"].shape[1])[None, :]
-            clean_response = stacked["valid"] & ~stacked["is_noisy"] & (slot >= prompt_len)
-            tensors["input_ids"] = mix_block_tokens(tensors["input_ids"], stacked["block"], clean_response,
+            tensors["input_ids"] = mix_block_tokens(tensors["input_ids"], stacked["block"], clean_response(stacked, layouts),
                                                     self.cfg.context_noise, generator)  # fmt: skip
         tensors.update(stack_targets(targets, stacked["valid"].shape[1]))
         tensors["pixel_values"] = torch.cat([p.pixel_values for p in prompts])

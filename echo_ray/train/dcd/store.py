@@ -47,6 +47,7 @@ SCHEMA = pa.schema(
         ("topk_ids", pa.list_(pa.int32())),  # flattened (R * K)
         ("topk_logprobs", pa.list_(pa.float32())),  # flattened (R * K)
         ("topk_logmass", pa.list_(pa.float32())),
+        ("context", pa.list_(pa.int32())),  # on-policy records: the student's report; empty otherwise
     ]
 )
 
@@ -60,12 +61,18 @@ def to_row(r: TrajectoryRecord) -> dict:
                 block_size=r.block_size, steps=r.steps, top_k=r.top_k, eos_pos=r.eos_pos, hit_max=r.hit_max,
                 prompt_ids=r.prompt_ids, tokens=r.tokens, commit_step=r.commit_step,
                 topk_ids=r.topk_ids.reshape(-1), topk_logprobs=r.topk_logprobs.reshape(-1),
-                topk_logmass=r.topk_logmass)  # fmt: skip
+                topk_logmass=r.topk_logmass,
+                context=r.context if r.context is not None else np.zeros(0, dtype=np.int32))  # fmt: skip
 
 
 def to_table(records: list[TrajectoryRecord]) -> pa.Table:
     rows = [to_row(r) for r in records]
     return pa.Table.from_pydict({name: [row[name] for row in rows] for name in SCHEMA.names}, schema=SCHEMA)
+
+
+def _context(values) -> np.ndarray | None:
+    """The stored student report of an on-policy record; None for an empty list or a missing column."""
+    return None if values is None or len(values) == 0 else np.asarray(values, dtype=np.int32)
 
 
 def from_row(row: dict) -> TrajectoryRecord:
@@ -88,6 +95,7 @@ def from_row(row: dict) -> TrajectoryRecord:
         round=int(row["round"]),
         teacher=row["teacher"] or "",
         produced_at=float(row["produced_at"]),
+        context=_context(row.get("context")),
     )
     rec.validate()
     return rec
@@ -136,7 +144,8 @@ def read_trajectories(root: str | Path) -> Iterator[TrajectoryRecord]:
             table = pq.read_table(f)
         except (OSError, pa.ArrowInvalid) as e:
             raise InputError(f"unreadable trajectory file {f}: {str(e).splitlines()[0]}") from None
-        missing = [n for n in SCHEMA.names if n not in table.column_names]
+        # `context` came with on-policy records; stores written before it still replay
+        missing = [n for n in SCHEMA.names if n not in table.column_names and n != "context"]
         if missing:
             raise InputError(f"{f} is not a DCD trajectory file (missing columns {missing})")
         for row in table.to_pylist():

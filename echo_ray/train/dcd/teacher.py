@@ -4,7 +4,9 @@ Each call decodes a batch of `PromptTask`s with the static confidence sampler (S
 method.md "Decoding") and the fused block KV cache, recording the top-K at every commit, on the
 static-slot `DecodeEngine` (`engine="static"`, the default; slots for one batch, allocated once per
 actor) or on the reference `BlockDecoder(record_topk=K)` (`engine="reference"`; same tokens and
-traces), and returns one `TrajectoryRecord` per prompt. A study whose images
+traces), and returns one `TrajectoryRecord` per prompt. With `spec.student` (on-policy DCD) the
+rounds' prompts are first decoded one step per block by that student and the teacher labels its
+reports (`on_policy`); held-out prompts (round -1) stay the teacher's own decodes. A study whose images
 cannot be read is returned as a failure (uid, one-line reason) instead of a record, so the pool can
 account for it; anything else is a bug and propagates. The class is plain Python; `TeacherPool`
 wraps it with `ray.remote` (1 GPU per actor on a cluster, a CPU fraction locally).
@@ -32,6 +34,7 @@ from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.model.prompt import build_prompt
 from echo_ray.storage import read_image
+from echo_ray.train.dcd.on_policy import label_blocks, on_policy_records, report_context, student_reports
 from echo_ray.train.dcd.trajectory import PromptTask, TrajectoryRecord, records_from_events
 
 
@@ -51,6 +54,7 @@ class TeacherSpec:
     threads: int = 1  # torch CPU threads (the actor's CPU share, rounded up)
     engine: str = "static"  # static = DecodeEngine; reference = BlockDecoder
     batch_size: int = 4  # engine slots: the most prompts one decode call holds
+    student: str = ""  # on-policy rounds: the teacher labels this checkpoint's one-step reports
 
 
 @dataclass
@@ -80,18 +84,22 @@ class TeacherWorker:
         self.steps = int(spec.steps or self.block_size)
         if spec.engine not in ("static", "reference"):
             raise InputError(f"teacher engine must be 'static' or 'reference', got {spec.engine!r}")
-        self._engine: DecodeEngine | None = None
+        self._engines: dict[str, DecodeEngine] = {}
+        self.student = None
+        if spec.student:
+            self.student = load_checkpoint(spec.student, spec.dtype, spec.attn_implementation, spec.cache_dir, device)
+            self.student.model.requires_grad_(False)
 
-    def _engine_for(self, prompts) -> DecodeEngine:
-        """One engine per actor, regrown only if a call brings more or longer prompts than it holds."""
+    def _engine_for(self, prompts, ckpt=None, key: str = "teacher") -> DecodeEngine:
+        """One engine per model and actor, regrown only if a call brings more or longer prompts than it holds."""
         rows = max(len(prompts), self.spec.batch_size)
         length = max(p.length for p in prompts) + self.spec.max_new_tokens
-        e = self._engine
+        e = self._engines.get(key)
         if e is None or e.cfg.max_rows < rows or e.cfg.max_len < length:
-            c = self.ckpt
+            c = ckpt or self.ckpt
             slots = SlotsConfig(max_rows=rows, max_len=max(length, e.cfg.max_len if e else 0))
-            self._engine = DecodeEngine(c.model, c.mask_id, c.eos_id, slots)
-        return self._engine
+            self._engines[key] = DecodeEngine(c.model, c.mask_id, c.eos_id, slots)
+        return self._engines[key]
 
     def _prompt(self, task: PromptTask):
         if not task.images:
@@ -109,13 +117,24 @@ class TeacherWorker:
             except InputError as e:
                 failures.append((task.uid, str(e)))
         records: list[TrajectoryRecord] = []
-        if ok:
+        if ok and self.student is not None and round_index >= 0:
+            records = self._on_policy(ok, prompts, round_index)
+        elif ok:
             events = self._events(prompts)
             c = self.ckpt
             records = records_from_events(events, ok, [p.input_ids for p in prompts], self.block_size, self.steps,
                                           c.eos_id, teacher=self.name, round_index=round_index)  # fmt: skip
         tokens = sum(r.response_len for r in records)
         return TeacherResult(records, failures, time.perf_counter() - t0, tokens, self.name, round_index)
+
+    def _on_policy(self, tasks: list[PromptTask], prompts, round_index: int) -> list[TrajectoryRecord]:
+        """The student's one-step reports, labelled block by block by the teacher (`on_policy`)."""
+        c, B = self.ckpt, self.block_size
+        reports = student_reports(self._engine_for(prompts, self.student, "student"), prompts, B, self.spec.max_new_tokens)
+        contexts = [report_context(toks, p.length, B, c.eos_id) for (toks, _), p in zip(reports, prompts)]
+        labels = label_blocks(c.model, prompts, contexts, B, self.steps, self.spec.top_k, c.mask_id, c.pad_id)
+        return on_policy_records(tasks, prompts, reports, labels, contexts, B, self.steps, c.eos_id,
+                                 teacher=self.name, round_index=round_index)  # fmt: skip
 
     def _events(self, prompts) -> list:
         c, spec = self.ckpt, self.spec

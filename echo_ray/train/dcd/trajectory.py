@@ -16,8 +16,10 @@ decoded blocks (prompt-tail slots of the first block excluded):
 
 Whole decoded blocks are kept (the decoder's cut at EOS / max length is applied by the student's
 batch builder, not here); `eos_pos` is the first EOS among `tokens` (-1 when the teacher hit the
-length limit without one). The prompt token ids are carried so the student can check that it
-rebuilt the very prompt the teacher saw.
+length limit without one). On-policy records (`echo_ray.train.dcd.on_policy`) also carry
+`context`: the student's own report, on which the teacher's labels in `tokens` were conditioned.
+The prompt token ids are carried so the student can check that it rebuilt the very prompt the
+teacher saw.
 
 Usage:
     recs = records_from_events(events, tasks, prompt_ids, block_size=8, steps=4, eos_id=eos, ...)
@@ -64,6 +66,9 @@ class TrajectoryRecord:
     round: int = 0
     teacher: str = ""
     produced_at: float = field(default_factory=time.time)
+    # On-policy records (`on_policy`): the student's own report, the clean copy the student trains
+    # on, with `tokens` the teacher's labels given it. None: the teacher's tokens are the clean copy.
+    context: np.ndarray | None = None  # (R,) int32
 
     @property
     def uid(self) -> str:
@@ -89,6 +94,8 @@ class TrajectoryRecord:
             problems.append("commit_step / topk_logmass must have one entry per response position")
         elif R and not (1 <= int(self.commit_step.min()) and int(self.commit_step.max()) <= self.steps):
             problems.append(f"commit steps outside 1..{self.steps}")
+        if self.context is not None and self.context.shape != (R,):
+            problems.append(f"context of {self.context.shape[0]} tokens for {R} positions")
         if not -1 <= self.eos_pos < max(R, 1):
             problems.append(f"eos_pos {self.eos_pos} outside the response")
         if problems:
