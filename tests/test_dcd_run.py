@@ -121,3 +121,24 @@ def test_dead_train_worker_resumes_and_replays_the_stream_in_order(ray_cluster, 
     assert [m["step"] for m in lines[3:]] in ([3, 4], [1, 2, 3, 4])
     for m in lines:  # rank 0's rows at every step, before and after the restart, are the ones sent for that step
         assert m["study_ids"] == [study_of[u] for u in sent[m["step"]]["uids"][0]], m["step"]
+
+
+def test_on_policy_pass_trains_on_the_students_reports(ray_cluster, confident_teacher, phantom_dir, tmp_path) -> None:
+    """The teacher actor loads the student, labels its one-step reports; held-out stays the teacher's own."""
+    data = write_phantom_dataset(phantom_dir, tmp_path / "data", dcd_rows=HELDOUT + PER_ROUND)
+    out = tmp_path / "dcd_on"
+    cfg = load_config(None, {
+        "train.dcd_teacher.teacher": str(confident_teacher), "train.dcd_teacher.on_policy_student": str(confident_teacher),
+        "train.dcd_teacher.rounds": 1, "train.dcd_teacher.prompts_per_round": PER_ROUND,
+        "train.dcd_teacher.heldout_prompts": HELDOUT, "train.dcd_teacher.top_k": 16, "train.dcd_teacher.teacher_steps": 4,
+        "train.dcd_teacher.max_new_tokens": 24, "train.dcd_teacher.teacher_batch_size": 2,
+        "train.dcd.init_from": str(confident_teacher), "train.dcd.data": str(data), "train.dcd.split": "dcd",
+        "train.dcd.output_dir": str(out), "train.dcd.batch_size": 1, "train.dcd.optim.lr": 1e-4,
+        "train.dcd.image_gap_every": 0, "train.distributed.num_workers": 2, "train.distributed.backend": "ddp",
+    })  # fmt: skip
+    outcome = run_dcd(cfg)
+    assert outcome.summary["steps"] == 2 and outcome.summary["untrained_rows"] == 0
+    trained = list(read_trajectories(out / "trajectories"))
+    held = list(read_trajectories(out / "trajectories" / "heldout"))
+    assert len(trained) == PER_ROUND and all(r.context is not None and r.context.shape == r.tokens.shape for r in trained)
+    assert all(r.context is None for r in held)

@@ -262,3 +262,26 @@ def test_write_evaluation_second_table(tiny_ckpt_dir, dataset, tmp_path) -> None
                                                      "ablation_details.json", "ablation_predictions"}  # fmt: skip
     assert paths["markdown"].read_text().startswith("## Ablation")
     assert (tmp_path / "ablation_predictions" / "base.jsonl").is_file()
+
+
+def test_renamed_rows_and_merge_runs_reuse_a_row_under_another_name() -> None:
+    """The demo's ablation table shows two main-table rows under its own labels without decoding them again."""
+    from echo_ray.eval.dataset import EvalSplit, EvalStudy
+    from echo_ray.eval.evaluate import EvalRun, merge_runs, renamed_rows
+
+    def split(ids):
+        return EvalSplit("d", "eval", "en", [EvalStudy(i, "p", "en", "r", ()) for i in ids], len(ids), len(ids))
+
+    main_run = EvalRun([{"name": "A", "micro_f1": 0.5}, {"name": "B", "micro_f1": 0.7}], {"A": {"x": 1}, "B": {"x": 2}},
+                       split(["s1", "s2"]), {"A": [{"text": "a"}], "B": [{"text": "b"}]})  # fmt: skip
+    raw = EvalRun([{"name": "B raw", "micro_f1": 0.1}], {"B raw": {"x": 3}}, split(["s1", "s2"]), {"B raw": []})
+    merged = merge_runs(renamed_rows(main_run, {"B": "B normalized"}), raw)
+    assert [r["name"] for r in merged.rows] == ["B normalized", "B raw"]
+    assert merged.rows[0]["micro_f1"] == 0.7 and merged.details["B normalized"] == {"x": 2}
+    assert merged.predictions["B normalized"] == [{"text": "b"}] and main_run.rows[1]["name"] == "B"
+    with pytest.raises(KeyError, match="not in this evaluation"):
+        renamed_rows(main_run, {"C": "c"})
+    with pytest.raises(ValueError, match="different study lists"):
+        merge_runs(main_run, EvalRun([], {}, split(["s9"])))
+    with pytest.raises(ValueError, match="rows named"):
+        merge_runs(main_run, main_run)

@@ -145,6 +145,32 @@ def run_evaluation(
     return run
 
 
+def renamed_rows(run: EvalRun, names: dict[str, str]) -> EvalRun:
+    """The rows of `run` named in `names` (old name -> new), renamed, in `names`' order: a second
+    table that shows a row of the first under another label reuses its decodes and scores."""
+    by_name = {r["name"]: r for r in run.rows}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise KeyError(f"rows {missing} are not in this evaluation (it has {sorted(by_name)})")
+    out = EvalRun([], {}, run.split)
+    for old, new in names.items():
+        out.rows.append({**by_name[old], "name": new})
+        out.details[new] = run.details[old]
+        out.predictions[new] = run.predictions[old]
+    return out
+
+
+def merge_runs(first: EvalRun, second: EvalRun) -> EvalRun:
+    """`first`'s rows, then `second`'s; both must have been scored on the same studies."""
+    if [s.study_id for s in first.split.studies] != [s.study_id for s in second.split.studies]:
+        raise ValueError("cannot merge evaluations of different study lists")
+    clash = set(first.details) & set(second.details)
+    if clash:
+        raise ValueError(f"both evaluations have rows named {sorted(clash)}")
+    return EvalRun(first.rows + second.rows, {**first.details, **second.details}, first.split,
+                   {**first.predictions, **second.predictions})
+
+
 def evaluate_rows(specs: list[EvalRow], data_dir: str, split: str, eval_cfg: EvalConfig, decode_cfg: DecodeConfig,
                   prompt_cfg: PromptConfig, model_cfg: Optional[ModelConfig] = None,
                   encoder: Optional[SentenceEncoder] = None) -> list[dict[str, Any]]:  # fmt: skip
