@@ -101,7 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
     data = prepare_data(cfg, out, args.n or cfg.phantom.n)
     blocks = [int(b) for b in (args.block_sizes or str(cfg.model.block_size)).split(",")]
     encoder = get_encoder(cfg.eval.semscore_encoder)
-    main_rows, ablation_rows, reuse = [], [], {}
+    main_rows, raw_rows, reuse = [], [], {}
     for i, B in enumerate(blocks):
         init = str(build_tiny_checkpoint(out / f"tiny_init_B{B}", cfg.model.tiny, B, tokenizer_corpus()))
         arms = [("", False)] + ([] if args.skip_ablation or i > 0 else [("_raw", True)])
@@ -117,19 +117,18 @@ def run_demo(args: argparse.Namespace) -> int:
                     EvalRow(name=f"ECHO one-step (DCD) B={B}", model=finals["dcd"], mode="onestep", block_size=B),
                 ]
             label = "raw" if raw else "normalized"
-            ablation_rows += [
-                EvalRow(name=f"Base one-step, {label} B={B}", model=finals["rad"], mode="onestep", block_size=B),
-                EvalRow(name=f"ECHO one-step, {label} B={B}", model=finals["dcd"], mode="onestep", block_size=B),
-            ]
-            if not tag:  # the normalized arm's rows are the main table's: decoded once, renamed below
-                reuse.update({main_rows[-2].name: ablation_rows[-2].name, main_rows[-1].name: ablation_rows[-1].name})
+            arm = [EvalRow(name=f"Base one-step, {label} B={B}", model=finals["rad"], mode="onestep", block_size=B),
+                   EvalRow(name=f"ECHO one-step, {label} B={B}", model=finals["dcd"], mode="onestep", block_size=B)]
+            if tag:
+                raw_rows += arm
+            else:  # the normalized arm's rows are the main table's last two: decoded once, renamed for the ablation
+                reuse.update({m.name: a.name for m, a in zip(main_rows[-2:], arm)})
     _say("evaluating on the held-out split")
     run = run_evaluation(main_rows, data, cfg.eval.split, cfg.eval, cfg.decode, cfg.prompt, cfg.model, encoder)
     note = " (synthetic phantom, tiny model)"
     paths = write_evaluation(run, out, title="ECHO reproduction" + note, cfg=cfg)
-    if len(ablation_rows) > len(blocks) * 2:
-        fresh = [r for r in ablation_rows if r.name not in reuse.values()]
-        abl = run_evaluation(fresh, data, cfg.eval.split, cfg.eval, cfg.decode, cfg.prompt, cfg.model, encoder)
+    if raw_rows:
+        abl = run_evaluation(raw_rows, data, cfg.eval.split, cfg.eval, cfg.decode, cfg.prompt, cfg.model, encoder)
         abl = merge_runs(renamed_rows(run, reuse), abl)
         write_evaluation(abl, out, title="Normalization ablation" + note, cfg=cfg, name="ablation")
     print(Path(paths["markdown"]).read_text(encoding="utf-8"))
