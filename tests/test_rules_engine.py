@@ -13,7 +13,7 @@ from echo_ray.config import EngineConfig
 from echo_ray.engines import make_engine
 from echo_ray.engines.base import generate_validated
 from echo_ray.engines.prompts import build_prompt, retry_prompt, validate_output
-from echo_ray.engines.rules import standardize_one, standardize_text
+from echo_ray.engines.rules import NO_ACUTE, standardize_one, standardize_text
 
 
 def positions(text: str, parts: list[str]) -> list[int]:
@@ -25,7 +25,7 @@ def test_every_region_in_fixed_order_with_explicit_negatives():
     negs = [REGION_NEGATIVE[r] for r in REGIONS]
     assert out["findings"] == " ".join(negs)  # nothing mentioned: every region's negative, in order
     assert "No pleural effusion or pneumothorax." in out["findings"]
-    assert out["impression"] == "No acute cardiopulmonary process."
+    assert out["impression"] == NO_ACUTE  # a normal study's impression in its one standard wording
 
 
 def test_positive_regions_keep_sentences_and_state_missing_negatives():
@@ -34,11 +34,31 @@ def test_positive_regions_keep_sentences_and_state_missing_negatives():
     assert "Small left effusion. No pneumothorax." in f  # abnormal pleura: its unmentioned key negative
     assert "No pleural effusion or pneumothorax." not in f
     assert "Endotracheal tube in place." in f and REGION_NEGATIVE["devices"] not in f
+    assert "Heart size normal." not in f  # a normal region's own negative wording becomes the standard one
     order = positions(f, [REGION_NEGATIVE["thorax"], REGION_NEGATIVE["lung fields"], "Small left effusion.",
-                          "Heart size normal.", REGION_NEGATIVE["hila"], REGION_NEGATIVE["bones"], "Endotracheal tube"])  # fmt: skip
+                          REGION_NEGATIVE["cardiac silhouette"], REGION_NEGATIVE["hila"], REGION_NEGATIVE["bones"],
+                          "Endotracheal tube"])  # fmt: skip
     assert order == sorted(order)
     assert missing_regions(f) == []
     assert label_report(f)["Pleural Effusion"] == 1 and label_report(f)["Pneumothorax"] == 0
+
+
+def test_one_wording_per_normal_finding_and_specific_negatives_kept_beside_positives():
+    # Three ways of saying the same normal study read the same once normalized.
+    a = standardize_text("Heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
+                         "Normal chest radiograph.")  # fmt: skip
+    b = standardize_text("Normal heart size. Lungs are clear without focal consolidation.",
+                         "No acute cardiopulmonary process.")  # fmt: skip
+    c = standardize_text("The cardiac silhouette is within normal limits. There is no pleural effusion or pneumothorax.", "")
+    assert a == b == c == {"findings": " ".join(REGION_NEGATIVE[r] for r in REGIONS), "impression": NO_ACUTE}
+    # beside a positive finding of the same region a negative is specific and stays as written
+    d = standardize_text("Moderate pulmonary edema. No focal consolidation. Normal heart size.", "Pulmonary edema.")
+    assert "Moderate pulmonary edema. No focal consolidation." in d["findings"]
+    assert REGION_NEGATIVE["cardiac silhouette"] in d["findings"] and "Normal heart size." not in d["findings"]
+    assert d["impression"] == "Pulmonary edema."
+    # an impression that is not a normal statement is never replaced
+    e = standardize_text("Heart size is normal.", "Interval placement of a catheter.")
+    assert e["impression"] == "Interval placement of a catheter."
 
 
 def test_impression_only_findings_are_carried_into_their_region():

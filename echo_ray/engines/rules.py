@@ -3,14 +3,17 @@
 Per record: clean each raw section into sentences (terminology.py), find each sentence's regions
 (the labeler's observation mentions mapped to regions, plus region keywords), then write findings
 region by region in the fixed order of method.md:
-  * a region the report talks about keeps its sentences; if it holds a positive or uncertain
-    finding, the key observations of that region the report never mentions are stated as
-    negatives ("No pneumothorax.");
-  * a region the report never mentions gets its explicit negative ("No pleural effusion or
-    pneumothorax."), unless a finding of that region is positive elsewhere in the report;
+  * a region holding a positive or uncertain finding keeps its sentences, and the key observations
+    of that region the report never mentions are stated as negatives ("No pneumothorax.");
+  * a region with no positive finding gets its one standard negative ("No pleural effusion or
+    pneumothorax."), whether the report never mentions it or words a negative its own way
+    ("Normal heart size.", "Heart size is normal." -> "The cardiac silhouette is normal in size."):
+    a sentence that only denies findings of such regions is replaced, so one normal finding reads
+    the same in every report;
   * positive findings stated only in the impression are carried into their findings region.
 The impression is the cleaned impression, or, when absent, the positive findings sentences (else
-"No acute cardiopulmonary abnormality."). The result is checked with the same schema validator
+"No acute cardiopulmonary abnormality."); a study with no positive finding whose impression only
+says so ("Normal chest radiograph.", "No acute cardiopulmonary process.") gets that sentence too. The result is checked with the same schema validator
 as LLM output. The rules engine has no translator (`translates = False`).
 
 Usage:
@@ -21,6 +24,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 
@@ -31,6 +35,7 @@ from echo_ray.engines.base import EngineResult, TextEngine, inputs, with_outputs
 from echo_ray.engines.prompts import validate_output
 
 NO_ACUTE = "No acute cardiopulmonary abnormality."
+_NORMAL_STATEMENT = re.compile(r"\b(?:normal|no acute)\b", re.IGNORECASE)
 IMPLIES: dict[str, set[str]] = {
     "Pneumonia": {"Consolidation", "Lung Opacity"},
     "Consolidation": {"Lung Opacity"},
@@ -49,6 +54,20 @@ def _analyse(sentence: str) -> tuple[list[str], set[str], set[str]]:
     return [r for r in REGIONS if r in found], mentioned, abnormal
 
 
+def _denies_normal_regions(regions: list[str], sentence_abnormal: set[str], abnormal: set[str]) -> bool:
+    """True for a sentence that only denies findings of regions with no positive finding anywhere in the
+    report: the standard negatives of those regions say the same in one fixed wording."""
+    if not regions or sentence_abnormal:
+        return False
+    abnormal_regions = {OBSERVATION_REGION[o] for o in abnormal if o in OBSERVATION_REGION}
+    return not abnormal_regions.intersection(regions)
+
+
+def _normal_impression(i_sents: list[str]) -> bool:
+    """An impression that only says the study is normal (no finding named as present)."""
+    return bool(i_sents) and all(not _analyse(s)[2] and _NORMAL_STATEMENT.search(s) for s in i_sents)
+
+
 def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
     """Normalized findings text, and its sentences holding positive/uncertain findings."""
     slots: dict[str, list[str]] = {r: [] for r in REGIONS}
@@ -63,11 +82,13 @@ def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
         (slots[regions[0]] if regions else other).append(sentence)
         covered.update(regions)
 
-    for s in f_sents:
-        regions, m, a = _analyse(s)
+    analysed = [(s, *_analyse(s)) for s in f_sents]
+    for _, _, m, a in analysed:
         mentioned |= m
         abnormal |= a
-        place(s, regions)
+    for s, regions, _, a in analysed:
+        if not _denies_normal_regions(regions, a, abnormal):
+            place(s, regions)
         if a:
             positives.append(s)
     for s in i_sents:
@@ -99,6 +120,8 @@ def standardize_text(raw_findings: str, raw_impression: str) -> dict[str, str]:
     """{"findings", "impression"} for one report (see module doc). Pure and deterministic."""
     f_sents, i_sents = sentences(raw_findings), sentences(raw_impression)
     findings, positives = _findings(f_sents, i_sents)
+    if not positives and _normal_impression(i_sents):
+        return {"findings": findings, "impression": NO_ACUTE}
     impression = " ".join(i_sents) or " ".join(positives[:3]) or NO_ACUTE
     return {"findings": findings, "impression": impression}
 
