@@ -49,7 +49,8 @@ def test_one_wording_per_normal_finding_and_specific_negatives_kept_beside_posit
                          "Normal chest radiograph.")  # fmt: skip
     b = standardize_text("Normal heart size. Lungs are clear without focal consolidation.",
                          "No acute cardiopulmonary process.")  # fmt: skip
-    c = standardize_text("The cardiac silhouette is within normal limits. There is no pleural effusion or pneumothorax.", "")
+    c = standardize_text("The cardiac silhouette is within normal limits. There is no pleural effusion or "
+                         "pneumothorax.", "")  # fmt: skip
     assert a == b == c == {"findings": " ".join(REGION_NEGATIVE[r] for r in REGIONS), "impression": NO_ACUTE}
     # beside a positive finding of the same region a negative is specific and stays as written
     d = standardize_text("Moderate pulmonary edema. No focal consolidation. Normal heart size.", "Pulmonary edema.")

@@ -13,8 +13,9 @@ region by region in the fixed order of method.md:
   * positive findings stated only in the impression are carried into their findings region.
 The impression is the cleaned impression, or, when absent, the positive findings sentences (else
 "No acute cardiopulmonary abnormality."); a study with no positive finding whose impression only
-says so ("Normal chest radiograph.", "No acute cardiopulmonary process.") gets that sentence too. The result is checked with the same schema validator
-as LLM output. The rules engine has no translator (`translates = False`).
+says so ("Normal chest radiograph.", "No acute cardiopulmonary process.") gets that sentence too.
+The result is checked with the same schema validator as LLM output. The rules engine has no
+translator (`translates = False`).
 
 Usage:
     standardize_text("Heart size normal. Small L effusion.", "Small left effusion.")
