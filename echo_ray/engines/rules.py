@@ -55,13 +55,15 @@ def _analyse(sentence: str) -> tuple[list[str], set[str], set[str]]:
     return [r for r in REGIONS if r in found], mentioned, abnormal
 
 
-def _denies_normal_regions(regions: list[str], sentence_abnormal: set[str], abnormal: set[str]) -> bool:
+def _regions_of(observations: set[str]) -> set[str]:
+    """The standard regions the given observations belong to."""
+    return {OBSERVATION_REGION[o] for o in observations if o in OBSERVATION_REGION}
+
+
+def _denies_normal_regions(regions: list[str], sentence_abnormal: set[str], abnormal_regions: set[str]) -> bool:
     """True for a sentence that only denies findings of regions with no positive finding anywhere in the
     report: the standard negatives of those regions say the same in one fixed wording."""
-    if not regions or sentence_abnormal:
-        return False
-    abnormal_regions = {OBSERVATION_REGION[o] for o in abnormal if o in OBSERVATION_REGION}
-    return not abnormal_regions.intersection(regions)
+    return bool(regions) and not sentence_abnormal and not abnormal_regions.intersection(regions)
 
 
 def _normal_impression(i_sents: list[str]) -> bool:
@@ -87,8 +89,9 @@ def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
     for _, _, m, a in analysed:
         mentioned |= m
         abnormal |= a
+    findings_abnormal_regions = _regions_of(abnormal)
     for s, regions, _, a in analysed:
-        if not _denies_normal_regions(regions, a, abnormal):
+        if not _denies_normal_regions(regions, a, findings_abnormal_regions):
             place(s, regions)
         if a:
             positives.append(s)
@@ -100,7 +103,7 @@ def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
             place(s, regions)
             abnormal |= new
             positives.append(s)
-    abnormal_regions = {OBSERVATION_REGION[o] for o in abnormal if o in OBSERVATION_REGION}
+    abnormal_regions = _regions_of(abnormal)  # now with the impression's carried findings
     for o in list(abnormal):  # a pneumonia is a consolidation: never deny what a finding implies
         mentioned |= IMPLIES.get(o, set())
     out: list[str] = []
