@@ -5,7 +5,9 @@ patient or a real radiograph. Each study samples findings (cardiomegaly, pleural
 pneumothorax, consolidation, edema, support devices, or none), draws a 256x256 grayscale frontal
 image (and a lateral one for some studies) whose visible features follow them, and writes a
 free-text report in the raw style of real sources: header lines, FINDINGS/IMPRESSION sections,
-varied wording, and some reports with a missing section or dictation noise.
+varied wording, and some reports with a missing section or dictation noise. Every finding is drawn
+to be readable at the model's 112x112 view: fainter consolidation and pneumothorax were learned so
+late that the report models under-called them (`benchmarks/phantom_visibility.py`, docs/method.md).
 
 Layout written by `write_phantom(out_dir, n, seed)`:
     README.txt       the synthetic-data statement
@@ -146,18 +148,19 @@ def render_frontal(s: PhantomStudy, rng: np.random.Generator, size: int = 256) -
         img[fluid] = 0.55
     if s.pneumothorax_side:
         cx = w * (0.3 if s.pneumothorax_side == "right" else 0.7)
-        inner = _ellipse(h, w, h * 0.5, cx + (w * 0.03 if s.pneumothorax_side == "right" else -w * 0.03), h * 0.22, w * 0.1)
+        ccx = cx + (w * 0.03 if s.pneumothorax_side == "right" else -w * 0.03)
+        inner = _ellipse(h, w, h * 0.5, ccx, h * 0.19, w * 0.085)  # the collapsed lung
         rim = lungs[s.pneumothorax_side] & ~inner
-        img[rim] = 0.03  # lucent, no markings
-        edge = inner & ~_ellipse(h, w, h * 0.5, cx + (w * 0.03 if s.pneumothorax_side == "right" else -w * 0.03), h * 0.21, w * 0.093)
-        img[edge & lungs[s.pneumothorax_side]] = 0.4  # visceral pleural line
+        img[rim] = 0.0  # lucent, no markings
+        edge = inner & ~_ellipse(h, w, h * 0.5, ccx, h * 0.175, w * 0.074)
+        img[edge & lungs[s.pneumothorax_side]] = 0.45  # visceral pleural line
     if s.consolidation_lobe:
         side = "right" if s.consolidation_lobe.startswith("right") else "left"
         cy = h * (0.62 if "lower" in s.consolidation_lobe else 0.33)
         cx = w * (0.28 if side == "right" else 0.72)
-        for _ in range(7):
-            blob = _ellipse(h, w, cy + rng.normal(0, 9), cx + rng.normal(0, 9), rng.uniform(6, 13), rng.uniform(6, 13))
-            img[blob & lungs[side]] = np.maximum(img[blob & lungs[side]], 0.5)
+        for _ in range(8):
+            blob = _ellipse(h, w, cy + rng.normal(0, 9), cx + rng.normal(0, 9), rng.uniform(9, 16), rng.uniform(9, 16))
+            img[blob & lungs[side]] = np.maximum(img[blob & lungs[side]], 0.6)  # denser than effusion fluid
     if s.edema:
         yy, xx = np.mgrid[0:h, 0:w]
         haze = 0.22 * np.exp(-(((xx - w * 0.5) / (w * 0.2)) ** 2) - (((yy - h * 0.48) / (h * 0.18)) ** 2))
@@ -170,7 +173,7 @@ def render_frontal(s: PhantomStudy, rng: np.random.Generator, size: int = 256) -
 
 def _draw_devices(img: np.ndarray, devices: list[str], h: int, w: int) -> None:
     if "ett" in devices:
-        _line(img, np.array([[0, w * 0.5], [h * 0.38, w * 0.5]]), 0.95, width=3)
+        _line(img, np.array([[0, w * 0.5], [h * 0.38, w * 0.5]]), 0.95, width=5)
     if "line" in devices:
         _line(img, np.array([[h * 0.2, w * 0.85], [h * 0.27, w * 0.62], [h * 0.42, w * 0.53]]), 0.95, width=2)
     if "pacemaker" in devices:
