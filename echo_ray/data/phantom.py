@@ -160,7 +160,8 @@ def render_frontal(s: PhantomStudy, rng: np.random.Generator, size: int = 256) -
         cx = w * (0.28 if side == "right" else 0.72)
         for _ in range(8):
             blob = _ellipse(h, w, cy + rng.normal(0, 9), cx + rng.normal(0, 9), rng.uniform(9, 16), rng.uniform(9, 16))
-            img[blob & lungs[side]] = np.maximum(img[blob & lungs[side]], 0.6)  # denser than effusion fluid
+            blob &= lungs[side]
+            img[blob] = np.maximum(img[blob], 0.6)  # denser than effusion fluid
     if s.edema:
         yy, xx = np.mgrid[0:h, 0:w]
         haze = 0.22 * np.exp(-(((xx - w * 0.5) / (w * 0.2)) ** 2) - (((yy - h * 0.48) / (h * 0.18)) ** 2))
