@@ -31,11 +31,14 @@ def test_every_region_in_fixed_order_with_explicit_negatives():
 def test_positive_regions_keep_sentences_and_state_missing_negatives():
     out = standardize_text("Small L effusion. Heart size normal. ETT in place.", "Small left effusion.")
     f = out["findings"]
-    assert "Small left effusion. No pneumothorax." in f  # abnormal pleura: its unmentioned key negative
+    # the positive in its standard wording (clinical/positives.py), then its region's unmentioned key negative
+    assert "Small left pleural effusion. No pneumothorax." in f
     assert "No pleural effusion or pneumothorax." not in f
     assert "Endotracheal tube in place." in f and REGION_NEGATIVE["devices"] not in f
     assert "Heart size normal." not in f  # a normal region's own negative wording becomes the standard one
-    order = positions(f, [REGION_NEGATIVE["thorax"], REGION_NEGATIVE["lung fields"], "Small left effusion.",
+    # beside an effusion the diaphragms' negative does not claim sharp costophrenic angles
+    assert "The diaphragms are normal." in f and REGION_NEGATIVE["diaphragms and costophrenic angles"] not in f
+    order = positions(f, [REGION_NEGATIVE["thorax"], REGION_NEGATIVE["lung fields"], "Small left pleural effusion.",
                           REGION_NEGATIVE["cardiac silhouette"], REGION_NEGATIVE["hila"], REGION_NEGATIVE["bones"],
                           "Endotracheal tube"])  # fmt: skip
     assert order == sorted(order)
@@ -60,6 +63,22 @@ def test_one_wording_per_normal_finding_and_specific_negatives_kept_beside_posit
     # an impression that is not a normal statement is never replaced
     e = standardize_text("Heart size is normal.", "Interval placement of a catheter.")
     assert e["impression"] == "Interval placement of a catheter."
+
+
+def test_one_wording_per_simple_positive_finding():
+    # Three phantom-style wordings of one effusion: the qualifier the source gives survives, the rest reads alike.
+    a = standardize_text("There is a right pleural effusion with blunting of the right costophrenic angle.", "")
+    b = standardize_text("Blunting of the right costophrenic angle consistent with a small effusion.", "")
+    c = standardize_text("Small right pleural effusion.", "Right pleural effusion.")
+    assert "Right pleural effusion. No pneumothorax." in a["findings"]
+    assert b["findings"] == c["findings"] != a["findings"]
+    assert "Small right pleural effusion. No pneumothorax." in c["findings"]
+    # a sentence with more than one finding, a hedge or an unknown word keeps its own wording
+    d = standardize_text("Small left effusion, new since the prior study. Possible right apical pneumothorax.", "")
+    assert "Small left effusion, new since the prior study." in d["findings"]
+    assert "Possible right apical pneumothorax." in d["findings"]
+    for out in (a, b, c, d):
+        assert missing_regions(out["findings"]) == []
 
 
 def test_impression_only_findings_are_carried_into_their_region():

@@ -84,6 +84,12 @@ REGION_NEGATIVE: dict[str, str] = {
     "devices": "No support devices are seen.",
 }
 
+# A region's standard negative when a finding elsewhere would contradict it: an effusion blunts
+# the costophrenic angle, so "the costophrenic angles are sharp" cannot stand beside one.
+REGION_NEGATIVE_BESIDE: dict[tuple[str, str], str] = {
+    ("diaphragms and costophrenic angles", "Pleural Effusion"): "The diaphragms are normal.",
+}
+
 # Stated inside an abnormal region for each of its key observations the report never mentions.
 OBSERVATION_NEGATIVE: dict[str, str] = {
     "Consolidation": "focal consolidation",
@@ -107,6 +113,14 @@ def missing_regions(text: str) -> list[str]:
     """Regions (in the fixed order) that `text` never mentions."""
     found = regions_in(text)
     return [r for r in REGIONS if r not in found]
+
+
+def region_negative(region: str, abnormal: set[str]) -> str:
+    """The standard negative of a region with no finding, given the report's positive observations."""
+    for (r, observation), text in REGION_NEGATIVE_BESIDE.items():
+        if r == region and observation in abnormal:
+            return text
+    return REGION_NEGATIVE[region]
 
 
 def negatives_phrase(observations: list[str]) -> str:

@@ -3,13 +3,17 @@
 Per record: clean each raw section into sentences (terminology.py), find each sentence's regions
 (the labeler's observation mentions mapped to regions, plus region keywords), then write findings
 region by region in the fixed order of method.md:
+  * a sentence stating one positive finding and nothing else gets that finding's standard wording,
+    qualifiers kept ("There is a right pleural effusion with blunting of the right costophrenic
+    angle." -> "Right pleural effusion."; clinical/positives.py); any other sentence keeps its own;
   * a region holding a positive or uncertain finding keeps its sentences, and the key observations
     of that region the report never mentions are stated as negatives ("No pneumothorax.");
   * a region with no positive finding gets its one standard negative ("No pleural effusion or
     pneumothorax."), whether the report never mentions it or words a negative its own way
     ("Normal heart size.", "Heart size is normal." -> "The cardiac silhouette is normal in size."):
     a sentence that only denies findings of such regions is replaced, so one normal finding reads
-    the same in every report;
+    the same in every report (a negative a finding elsewhere contradicts, "the costophrenic angles
+    are sharp" beside an effusion, is stated without that part: `regions.REGION_NEGATIVE_BESIDE`);
   * positive findings stated only in the impression are carried into their findings region.
 The impression is the cleaned impression, or, when absent, the positive findings sentences (else
 "No acute cardiopulmonary abnormality."); a study with no positive finding whose impression only
@@ -30,7 +34,8 @@ import re
 import pyarrow as pa
 
 from echo_ray.clinical.labeler import NEGATIVE, extract_mentions
-from echo_ray.clinical.regions import OBSERVATION_REGION, REGION_NEGATIVE, REGIONS, negatives_phrase, regions_in
+from echo_ray.clinical.positives import standard_positive
+from echo_ray.clinical.regions import OBSERVATION_REGION, REGIONS, negatives_phrase, region_negative, regions_in
 from echo_ray.clinical.terminology import sentences
 from echo_ray.engines.base import EngineResult, TextEngine, inputs, with_outputs
 from echo_ray.engines.prompts import validate_output
@@ -64,6 +69,16 @@ def _denies_normal_regions(regions: list[str], sentence_abnormal: set[str], abno
     """True for a sentence that only denies findings of regions with no positive finding anywhere in the
     report: the standard negatives of those regions say the same in one fixed wording."""
     return bool(regions) and not sentence_abnormal and not abnormal_regions.intersection(regions)
+
+
+def _standard_wording(sents: list[str]) -> list[str]:
+    """Each simple positive finding sentence in its standard wording (`standard_positive`), once."""
+    out: list[str] = []
+    for s in sents:
+        s = standard_positive(s) or s
+        if s not in out:
+            out.append(s)
+    return out
 
 
 def _normal_impression(i_sents: list[str]) -> bool:
@@ -116,13 +131,13 @@ def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
                 if neg:
                     out.append(neg)
         elif region not in abnormal_regions:
-            out.append(REGION_NEGATIVE[region])
+            out.append(region_negative(region, abnormal))
     return " ".join(out + other), positives
 
 
 def standardize_text(raw_findings: str, raw_impression: str) -> dict[str, str]:
     """{"findings", "impression"} for one report (see module doc). Pure and deterministic."""
-    f_sents, i_sents = sentences(raw_findings), sentences(raw_impression)
+    f_sents, i_sents = _standard_wording(sentences(raw_findings)), _standard_wording(sentences(raw_impression))
     findings, positives = _findings(f_sents, i_sents)
     if not positives and _normal_impression(i_sents):
         return {"findings": findings, "impression": NO_ACUTE}
