@@ -21,6 +21,8 @@ from echo_ray.clinical.positives import standard_positive
     ("There is right middle lobe consolidation.", "Right middle lobe consolidation."),
     ("Perihilar haziness consistent with mild interstitial edema.", "Mild perihilar interstitial edema."),
     ("Mildly enlarged heart.", "Mild cardiomegaly."),
+    ("The heart is large.", "Cardiomegaly."),
+    ("Large right effusion.", "Large right pleural effusion."),
 ])  # fmt: skip
 def test_standard_wording_keeps_every_qualifier(sentence, standard):
     assert standard_positive(sentence) == standard

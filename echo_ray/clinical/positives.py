@@ -43,7 +43,8 @@ _FINDINGS: dict[str, _Finding] = {
     "Pneumothorax": _Finding(frozenset({"pneumothorax", "pleural", "line", "visible"}), "pneumothorax"),
     "Consolidation": _Finding(frozenset({"consolidation", "airspace"}), "consolidation"),
     "Edema": _Finding(frozenset({"edema", "pulmonary", "interstitial", "haziness"}), "pulmonary edema"),
-    "Cardiomegaly": _Finding(frozenset({"cardiomegaly", "heart", "cardiac", "silhouette", "enlarged"}),
+    # "large" says the heart is enlarged ("The heart is large."), not how much
+    "Cardiomegaly": _Finding(frozenset({"cardiomegaly", "heart", "cardiac", "silhouette", "enlarged", "large"}),
                              "cardiomegaly"),
 }
 # Observations a finding's sign words raise in the labeler besides the finding ("haziness").
@@ -66,9 +67,9 @@ def _one_of(words: list[str], options) -> list[str]:
     return [o for o in options if o in words]
 
 
-def _qualifiers(words: list[str]) -> list[str] | None:
+def _qualifiers(words: list[str], finding: _Finding) -> list[str] | None:
     """[severity, pattern, side, location/lobe] words present, or None when one slot is ambiguous."""
-    severity = sorted({_SEVERITY[w] for w in words if w in _SEVERITY})
+    severity = sorted({_SEVERITY[w] for w in words if w in _SEVERITY and w not in finding.words})
     slots = [severity, _one_of(words, _PATTERN), _one_of(words, _SIDE), _one_of(words, _LOCATION),
              _one_of(words, _LOBE)]
     if any(len(s) > 1 for s in slots) or (slots[4] and "lobe" not in words) or ("lobe" in words and not slots[4]):
@@ -89,7 +90,7 @@ def standard_positive(sentence: str) -> str | None:
     words = _WORD.findall(sentence.lower())
     if finding is None or any(w not in _ALLOWED and w not in finding.words for w in words):
         return None
-    qualifiers = _qualifiers(words)
+    qualifiers = _qualifiers(words, finding)
     if qualifiers is None:
         return None
     noun = "interstitial edema" if finding.noun == "pulmonary edema" and "interstitial" in words else finding.noun
