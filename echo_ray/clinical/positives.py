@@ -60,6 +60,7 @@ _FUNCTION = frozenset({"there", "is", "are", "a", "an", "the", "with", "of", "in
                        "noted", "present", "identified", "lobe", "at"})
 _WORD = re.compile(r"[a-z]+")
 _ALLOWED = _FUNCTION | set(_SEVERITY) | set(_PATTERN) | set(_SIDE) | set(_LOCATION) | set(_LOBE)
+_ANY_FINDING_WORD = frozenset().union(*(f.words for f in _FINDINGS.values()))
 
 
 def _one_of(words: list[str], options) -> list[str]:
@@ -80,14 +81,16 @@ def _qualifiers(words: list[str], finding: _Finding) -> list[str] | None:
 
 def standard_positive(sentence: str) -> str | None:
     """The standard wording of a sentence that states one positive finding (module doc), else None."""
-    if not sentence.isascii() or re.search(r"[^A-Za-z ,.]", sentence.strip()):
+    if re.search(r"[^A-Za-z ,.]", sentence.strip()):  # digits, other scripts, other punctuation
         return None
+    words = _WORD.findall(sentence.lower())
+    if any(w not in _ALLOWED and w not in _ANY_FINDING_WORD for w in words):
+        return None  # most sentences stop here, before the labeler (rules.py runs it on them again)
     mentions = extract_mentions(sentence)
     observations = {m.observation for m in mentions} - _SIGN_OBSERVATIONS
     if len(observations) != 1 or any(m.status != POSITIVE for m in mentions):
         return None
     finding = _FINDINGS.get(observations.pop())
-    words = _WORD.findall(sentence.lower())
     if finding is None or any(w not in _ALLOWED and w not in finding.words for w in words):
         return None
     qualifiers = _qualifiers(words, finding)

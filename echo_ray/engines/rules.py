@@ -72,13 +72,9 @@ def _denies_normal_regions(regions: list[str], sentence_abnormal: set[str], abno
 
 
 def _standard_wording(sents: list[str]) -> list[str]:
-    """Each simple positive finding sentence in its standard wording (`standard_positive`), once."""
-    out: list[str] = []
-    for s in sents:
-        s = standard_positive(s) or s
-        if s not in out:
-            out.append(s)
-    return out
+    """Each simple positive finding sentence in its standard wording (`standard_positive`), once:
+    two wordings of one finding can become the same sentence."""
+    return list(dict.fromkeys(standard_positive(s) or s for s in sents))
 
 
 def _normal_impression(i_sents: list[str]) -> bool:
