@@ -10,10 +10,10 @@ from echo_ray.data.phantom_dataset import phantom_rows
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.model.forward import embed, image_features, lm_logits
-from echo_ray.model.masks import block_causal_mask
+from echo_ray.model.masks import block_causal_mask, rad_mask
 from echo_ray.train.examples import Limits
 from echo_ray.train.rad import RadStage
-from echo_ray.train.stage import ModelParts
+from echo_ray.train.stage import ModelParts, batch_embeds
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +183,16 @@ def test_context_noise_changes_only_the_clean_response(parts, rows):
     # the noise is only in what later blocks see: the masking, the rates and the targets are unchanged
     for key in ("masked", "t", "targets"):
         assert torch.equal(plain[key], mixed[key])
+
+
+def test_lm_logits_select_returns_the_selected_slots(parts, rows):
+    """Losses read only their slots through the LM head; they must be the full forward's rows."""
+    batch = _stage().build_batch(rows[:2], parts, torch.Generator().manual_seed(2))
+    mask = rad_mask(batch["block"], batch["is_noisy"], batch["valid"])
+    sel = batch["masked"].bool()
+    with torch.no_grad():
+        emb = batch_embeds(parts.model, batch)
+        full = lm_logits(parts.model, emb, batch["position_ids"], mask)
+        some = lm_logits(parts.model, emb, batch["position_ids"], mask, select=sel)
+    assert some.shape == (int(sel.sum()), full.shape[-1])
+    torch.testing.assert_close(some, full[sel], rtol=1e-5, atol=1e-5)

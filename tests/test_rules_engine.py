@@ -90,6 +90,18 @@ def test_impression_only_findings_are_carried_into_their_region():
     assert derived["impression"] == "Large right pleural effusion."
 
 
+def test_impression_reading_of_a_stated_finding_stays_in_the_impression():
+    out = standardize_text("Patchy consolidation in the right lower lobe.",
+                           "Right lower lobe consolidation, possibly pneumonia.")  # fmt: skip
+    assert out["findings"].count("consolidation") == 1  # not stated twice in two wordings
+    assert "possibly pneumonia" not in out["findings"]
+    assert out["impression"] == "Right lower lobe consolidation, possibly pneumonia."
+    assert "Pneumonia" in label_report(out["findings"] + " " + out["impression"])
+    # a finding the findings do not state is still carried
+    new = standardize_text("Patchy consolidation in the right lower lobe.", "Small left pleural effusion.")
+    assert "Small left pleural effusion." in new["findings"]
+
+
 def test_terminology_and_cleanup():
     assert sentences("1. NO ACUTE CARDIOPULMONARY PROCESS. 2. Small L effusion w/o PTX") == [
         "No acute cardiopulmonary process.", "Small left effusion without pneumothorax."]  # fmt: skip

@@ -14,7 +14,10 @@ region by region in the fixed order of method.md:
     a sentence that only denies findings of such regions is replaced, so one normal finding reads
     the same in every report (a negative a finding elsewhere contradicts, "the costophrenic angles
     are sharp" beside an effusion, is stated without that part: `regions.REGION_NEGATIVE_BESIDE`);
-  * positive findings stated only in the impression are carried into their findings region.
+  * positive findings stated only in the impression are carried into their findings region; an
+    impression's reading of a finding the findings already state ("Right lower lobe consolidation,
+    possibly pneumonia." beside "Right lower lobe consolidation.") stays in the impression: carried,
+    it stated the consolidation twice in the findings, in two wordings (`_reads_stated`).
 The impression is the cleaned impression, or, when absent, the positive findings sentences (else
 "No acute cardiopulmonary abnormality."); a study with no positive finding whose impression only
 says so ("Normal chest radiograph.", "No acute cardiopulmonary process.") gets that sentence too.
@@ -77,6 +80,13 @@ def _standard_wording(sents: list[str]) -> list[str]:
     return list(dict.fromkeys(standard_positive(s) or s for s in sents))
 
 
+def _reads_stated(new: set[str], regions: list[str], stated: set[str]) -> bool:
+    """True for an impression sentence whose new observations only read findings already stated (a
+    pneumonia where the findings describe its consolidation or opacity) in regions already abnormal:
+    it adds no finding to the findings section."""
+    return all(IMPLIES.get(o, set()) & stated for o in new) and set(regions) <= _regions_of(stated)
+
+
 def _normal_impression(i_sents: list[str]) -> bool:
     """An impression that only says the study is normal (no finding named as present)."""
     return bool(i_sents) and all(not _analyse(s)[2] and _NORMAL_STATEMENT.search(s) for s in i_sents)
@@ -89,6 +99,7 @@ def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
     mentioned: set[str] = set()
     abnormal: set[str] = set()
     positives: list[str] = []
+    read: set[str] = set()  # the impression's positive/uncertain observations
 
     other: list[str] = []  # sentences about no standard region (comparison, technique) go last
 
@@ -110,12 +121,13 @@ def _findings(f_sents: list[str], i_sents: list[str]) -> tuple[str, list[str]]:
         regions, m, a = _analyse(s)
         new = a - abnormal
         mentioned |= m
-        if new and regions:  # a finding only the impression states: carry it into its region
-            place(s, regions)
+        read |= new  # carried or not, never denied below
+        if new and regions and not _reads_stated(new, regions, abnormal):
+            place(s, regions)  # a finding only the impression states: carry it into its region
             abnormal |= new
             positives.append(s)
     abnormal_regions = _regions_of(abnormal)  # now with the impression's carried findings
-    for o in list(abnormal):  # a pneumonia is a consolidation: never deny what a finding implies
+    for o in abnormal | read:  # a pneumonia is a consolidation: never deny what a finding implies
         mentioned |= IMPLIES.get(o, set())
     out: list[str] = []
     for region in REGIONS:

@@ -10,6 +10,7 @@ Usage:
     emb = embed(model, input_ids, feats)                         # (N, L, H)
     pos, delta = prompt_positions(model, ids_row, grid_row)      # (3, P), int
     logits = lm_logits(model, emb, position_ids, mask)           # (N, L, V)
+    logits = lm_logits(model, emb, position_ids, mask, select=sel)  # (K, V): the K slots a loss reads
 """
 
 from __future__ import annotations
@@ -64,12 +65,15 @@ def lm_logits(
     position_ids: torch.Tensor,
     mask: torch.Tensor,
     cache=None,
+    select: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Language model forward with an explicit mask.
 
     inputs_embeds: (N, Lq, H); position_ids: (3, N, Lq); mask: bool (N, Lq, Lk) where Lk = cached +
     Lq. With `cache` (a transformers DynamicCache) the new keys/values are appended to it.
-    Returns logits (N, Lq, V) in float32.
+    Returns logits (N, Lq, V) in float32; with `select` (bool (N, Lq)) only the selected slots,
+    (K, V) in row-major order. Training losses read a fraction of the slots (CPT the response, RAD
+    the masked ones), and the LM head over all of them was the largest matmul of a tiny-preset step.
     """
     out = model.model.language_model(
         inputs_embeds=inputs_embeds,
@@ -78,4 +82,5 @@ def lm_logits(
         cache=cache,
         use_cache=cache is not None,
     )
-    return model.lm_head(out.last_hidden_state).float()
+    hidden = out.last_hidden_state
+    return model.lm_head(hidden if select is None else hidden[select]).float()

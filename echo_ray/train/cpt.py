@@ -73,6 +73,8 @@ class CptStage:
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         valid = batch["valid"]
         cols = torch.arange(valid.shape[1], device=valid.device)[None].expand_as(valid)
-        logits = lm_logits(model, batch_embeds(model, batch), batch["position_ids"], causal_mask(cols, valid))
-        loss = ar_loss(logits, batch["labels"])
-        return loss, {"response_tokens": float((batch["labels"] != IGNORE_INDEX).sum())}
+        labelled = batch["labels"] != IGNORE_INDEX
+        logits = lm_logits(model, batch_embeds(model, batch), batch["position_ids"], causal_mask(cols, valid),
+                           select=labelled)  # fmt: skip
+        loss = ar_loss(logits, batch["labels"][labelled])
+        return loss, {"response_tokens": float(labelled.sum())}

@@ -21,7 +21,8 @@ IGNORE_INDEX = -100
 
 
 def ar_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token CE. logits: (N, L, V); labels: (N, L), label at i is the token at i + 1
+    """Mean next-token CE. logits: (N, L, V) or the (K, V) slots lm_logits selected; labels: (N, L) or
+    (K,), label at i is the token at i + 1
     (already shifted by the batch builder) or IGNORE_INDEX. Returns a scalar."""
     sel = labels != IGNORE_INDEX
     n = int(sel.sum())
@@ -40,6 +41,7 @@ def rad_loss(
     """Sum over masked slots of CE / t, over `n_response`.
 
     logits: (N, L, V); targets: (N, L) clean token at every slot; masked: (N, L) bool; t: (N, L)
+    (or any leading shape (...) in place of (N, L), e.g. the (K,) masked slots lm_logits selected);
     per-slot block rate (> 0 where masked); n_response: response tokens in the batch (sum of R').
     Returns a scalar.
     """

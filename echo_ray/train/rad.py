@@ -134,8 +134,8 @@ class RadStage:
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mask = rad_mask(batch["block"], batch["is_noisy"], batch["valid"])
-        logits = lm_logits(model, batch_embeds(model, batch), batch["position_ids"], mask)
-        masked = batch["masked"]
-        loss = rad_loss(logits, batch["targets"], masked, batch["t"], int(batch["n_response"]))
+        masked = batch["masked"].bool()
+        logits = lm_logits(model, batch_embeds(model, batch), batch["position_ids"], mask, select=masked)
+        loss = rad_loss(logits, batch["targets"][masked], masked[masked], batch["t"][masked], int(batch["n_response"]))
         n_masked = float(masked.sum())
         return loss, {"masked_tokens": n_masked, "mask_fraction": n_masked / max(1.0, float(batch["n_response"]))}

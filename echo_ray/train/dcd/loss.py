@@ -110,7 +110,8 @@ def dcd_loss(
 
     logits: (N, L, V) student logits; topk_ids: (N, L, K) long; topk_logprobs: (N, L, K);
     topk_logmass: (N, L); kl_weight: (N, L) w(s_j) on KL slots, 0 elsewhere; eos_weight: (N, L)
-    w_eos on EOS-target slots, 0 elsewhere (a slot has at most one of the two). Returns the scalar
+    w_eos on EOS-target slots, 0 elsewhere (a slot has at most one of the two). Any leading shape in
+    place of (N, L) works, e.g. the (M,) supervised slots lm_logits selected. Returns the scalar
     loss and float parts {kl (mean), eos_nll (mean, 0 without EOS slots), eos_slots, weight} for metrics.
     """
     if bool(((kl_weight > 0) & (eos_weight > 0)).any()):

@@ -158,13 +158,13 @@ class DcdStage:
 
     def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mask = rad_mask(batch["block"], batch["is_noisy"], batch["valid"])
-        logits = lm_logits(model, batch_embeds(model, batch), batch["position_ids"], mask)
-        eos_id, mask_id = int(batch.extra["eos_id"]), int(batch.extra["mask_id"])
-        loss, parts = dcd_loss(logits, batch["topk_ids"], batch["topk_logprobs"], batch["topk_logmass"],
-                               batch["kl_weight"], batch["eos_weight"], eos_id, mask_id)  # fmt: skip
         sup = (batch["kl_weight"] > 0) | (batch["eos_weight"] > 0)
+        logits = lm_logits(model, batch_embeds(model, batch), batch["position_ids"], mask, select=sup)  # (M, V)
+        eos_id, mask_id = int(batch.extra["eos_id"]), int(batch.extra["mask_id"])
+        loss, parts = dcd_loss(logits, batch["topk_ids"][sup], batch["topk_logprobs"][sup], batch["topk_logmass"][sup],
+                               batch["kl_weight"][sup], batch["eos_weight"][sup], eos_id, mask_id)  # fmt: skip
         with torch.no_grad():
-            pred = logits[sup].detach()
+            pred = logits.detach().clone()
             pred[:, mask_id] = float("-inf")
             agree = float((pred.argmax(-1) == batch["targets"][sup]).float().mean())
         return loss, {"kl": parts["kl"], "eos_nll": parts["eos_nll"], "tf_agreement": agree}
