@@ -56,3 +56,20 @@ def test_bad_input_and_missing_model(tmp_path, encoder):
         encoder.encode("not a list")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="sentence encoder not found"):
         SentenceEncoder(str(tmp_path))
+
+
+def test_identical_texts_are_embedded_once_and_the_memo_is_bounded():
+    enc = SentenceEncoder(memo_size=3)
+    calls: list[list[str]] = []
+    embed = enc._embed
+    enc._embed = lambda texts: calls.append(list(texts)) or embed(texts)
+    texts = ["Cardiomegaly.", "No pleural effusion.", "Cardiomegaly.", "Small left effusion."]
+    first = enc.encode(texts)
+    assert calls == [["Cardiomegaly.", "No pleural effusion.", "Small left effusion."]]
+    assert np.array_equal(first[0], first[2])
+    again = enc.encode(["Small left effusion.", "Cardiomegaly."])  # both remembered: no model call
+    assert len(calls) == 1 and np.array_equal(again, first[[3, 0]])
+    enc.encode(["Mild pulmonary edema."])  # a fourth text pushes out the least recently used one
+    assert len(enc._memo) == 3 and "No pleural effusion." not in enc._memo
+    alone = np.concatenate([embed([t]) for t in texts])  # the same vectors as one text per call
+    assert np.allclose(first, alone, atol=1e-5)

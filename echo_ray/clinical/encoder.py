@@ -6,7 +6,10 @@ Shared by evaluation (SemScore, echo_ray.eval.semscore) and the corpus dedup sta
 from its bundled directory; any local sentence-transformers directory can replace it. Nothing is
 fetched from a hub. The bundled tokenizer.json pins padding to a fixed 128 tokens;
 `SentenceEncoder` drops that so a batch is padded only to its longest member (truncation stays at
-the model's max_seq_length).
+the model's max_seq_length). Identical texts are embedded once: within a call, and across calls
+through a bounded memo (`memo_size` texts, least recently used out first). Evaluation scores every
+row against the same references, and a model's reports repeat (the normal study's report is one
+text): embedding was half of a tiny-preset row's scoring time.
 
 Usage:
     enc = SentenceEncoder()                 # or SentenceEncoder("/models/my-st-model")
@@ -16,6 +19,7 @@ Usage:
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -40,7 +44,7 @@ class SentenceEncoder:
     `path` empty = the bundled all-MiniLM-L6-v2; otherwise a local sentence-transformers directory.
     """
 
-    def __init__(self, path: str = "", device: Optional[str] = None, batch_size: int = 64):
+    def __init__(self, path: str = "", device: Optional[str] = None, batch_size: int = 64, memo_size: int = 8192):
         model_dir = Path(path).expanduser() if path else default_encoder_path()
         if not (model_dir / "modules.json").is_file() and not (model_dir / "config.json").is_file():
             raise ConfigError(f"sentence encoder not found: {model_dir} has no modules.json or config.json")
@@ -49,6 +53,8 @@ class SentenceEncoder:
 
         self.path = model_dir
         self.batch_size = batch_size
+        self.memo_size = memo_size
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> unit-norm embedding (D,)
         self.model = SentenceTransformer(str(model_dir), device=device or "cpu", local_files_only=True)
         self._no_fixed_padding()
 
@@ -69,6 +75,18 @@ class SentenceEncoder:
             raise InputError("SentenceEncoder.encode expects a list of strings")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        fresh = dict(zip(new, self._embed(new))) if new else {}
+        out = np.stack([fresh[t] if t in fresh else self._memo[t] for t in texts])
+        for t in dict.fromkeys(texts):  # most recently used last
+            self._memo[t] = fresh.get(t, self._memo.get(t))
+            self._memo.move_to_end(t)
+        while len(self._memo) > self.memo_size:
+            self._memo.popitem(last=False)
+        return out
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """The model's embeddings of distinct `texts`, L2-normalized. (N, D) float32."""
         emb = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                                 show_progress_bar=False)
         emb = np.asarray(emb, dtype=np.float32)
