@@ -112,15 +112,16 @@ class StageConfig:
     preflight_rows: int = 16  # rows whose lengths are checked on the driver before workers start
     image_gap_every: int = 50  # steps between image-conditioning gap probes (echo_ray.train.image_gap); 0 = off
     image_gap_batches: int = 2  # micro-batches per rank in the fixed probe
+    prompt_cache_mb: float = 1024  # processed prompts (images) kept per worker (echo_ray.train.examples.PromptCache)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def check(self, where: str) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
-        for name in ("image_gap_every", "image_gap_batches"):
+        for name in ("image_gap_every", "image_gap_batches", "prompt_cache_mb"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name} must be >= 0 (0 = no image-gap probe), got {getattr(self, name)}")
+                raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import causal_mask
-from echo_ray.train.examples import Example, Limits, check_lengths, encode_row
+from echo_ray.train.examples import Example, Limits, PromptCache, check_lengths, encode_row
 from echo_ray.train.losses import IGNORE_INDEX, ar_loss
 from echo_ray.train.stage import Batch, ModelParts, batch_embeds
 
@@ -57,13 +57,13 @@ class CptStage:
 
     name = "cpt"
 
-    def __init__(self, limits: Limits):
-        self.limits = limits
+    def __init__(self, limits: Limits, prompts: PromptCache | None = None):
+        self.limits, self.prompts = limits, prompts
 
     def build_batch(self, rows: list[dict], parts: ModelParts, generator: torch.Generator) -> Batch:
         examples, positions = [], []
         for row in rows:
-            ex = encode_row(row, parts.tokenizer, parts.image_processor, parts.prompt, self.limits.raw)
+            ex = encode_row(row, parts.tokenizer, parts.image_processor, parts.prompt, self.limits.raw, self.prompts)
             check_lengths(ex, self.limits, where="train.cpt")
             pos, delta = prompt_positions(parts.model, ex.prompt.input_ids, ex.prompt.image_grid_thw)
             examples.append(ex)

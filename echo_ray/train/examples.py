@@ -6,13 +6,20 @@ serialized normalized target. With ``raw=True`` the target is rebuilt from `raw_
 `raw_impression` instead (the normalization ablation). Rows whose prompt or response exceed the
 configured limits raise an InputError naming the study: training never truncates a target.
 
+`PromptCache` keeps each worker's processed prompts (read + resized images, prompt ids): every
+epoch visits the same studies, and reading and processing their images was ~10 % of a tiny-preset
+training step (PNG decode 6 ms, image processor 7 ms of ~150 ms for 4 rows).
+
 Usage:
     ex = encode_row(row, tokenizer, image_processor, PromptConfig(), raw=False)
     check_lengths(ex, Limits(max_prompt_tokens=2048, max_response_tokens=256))
+    cache = PromptCache(max_mb=1024)
+    ex = encode_row(row, tokenizer, image_processor, PromptConfig(), cache=cache)  # later epochs: no image I/O
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -52,14 +59,53 @@ def target_text(row: dict, raw: bool) -> str:
     return text
 
 
-def encode_row(row: dict, tokenizer, image_processor, prompt_cfg: PromptConfig, raw: bool = False) -> Example:
-    """Read the row's images, build the chat prompt, tokenize the target."""
+class PromptCache:
+    """Processed prompts keyed by (image paths, language), least recently used out past `max_mb`.
+
+    One per stage object, so per worker process and per tokenizer / image processor / prompt config
+    (those are fixed for a stage run). max_mb 0 keeps nothing. Cached tensors are shared: batch
+    building copies them into new tensors and never writes to them.
+    """
+
+    def __init__(self, max_mb: float):
+        self.max_bytes = int(max_mb * 2**20)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[tuple, StudyPrompt] = OrderedDict()
+
+    def get(self, paths: list[str], language: str, tokenizer, image_processor, prompt_cfg: PromptConfig) -> StudyPrompt:
+        key = (tuple(paths), language)
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        prompt = build_prompt(tokenizer, image_processor, [read_image(p) for p in paths], language, prompt_cfg)
+        size = _nbytes(prompt)
+        if size <= self.max_bytes:
+            self._items[key] = prompt
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= _nbytes(self._items.popitem(last=False)[1])
+        return prompt
+
+
+def _nbytes(p: StudyPrompt) -> int:
+    return sum(t.numel() * t.element_size() for t in (p.input_ids, p.pixel_values, p.image_grid_thw))
+
+
+def encode_row(row: dict, tokenizer, image_processor, prompt_cfg: PromptConfig, raw: bool = False,
+               cache: PromptCache | None = None) -> Example:  # fmt: skip
+    """Read the row's images, build the chat prompt (through `cache` when given), tokenize the target."""
     sid = str(row.get("study_id", "?"))
     images = row.get("images") or []
     if not images:
         raise InputError(f"study {sid}: no images")
-    pil = [read_image(im["path"]) for im in images]
-    prompt = build_prompt(tokenizer, image_processor, pil, row.get("language") or "en", prompt_cfg)
+    paths, language = [im["path"] for im in images], row.get("language") or "en"
+    if cache is not None:
+        prompt = cache.get(paths, language, tokenizer, image_processor, prompt_cfg)
+    else:
+        prompt = build_prompt(tokenizer, image_processor, [read_image(p) for p in paths], language, prompt_cfg)
     return Example(sid, prompt, response_ids(tokenizer, target_text(row, raw)))
 
 

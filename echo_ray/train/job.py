@@ -16,7 +16,7 @@ import importlib
 from dataclasses import dataclass
 
 from echo_ray.config import CptConfig, DcdConfig, DistributedConfig, PromptConfig, RadConfig
-from echo_ray.train.examples import Limits
+from echo_ray.train.examples import Limits, PromptCache
 from echo_ray.train.stage import Stage
 
 # stage name -> "module:factory(job) -> Stage"
@@ -59,13 +59,13 @@ class StageJob:
 def cpt_stage(job: StageJob) -> Stage:
     from echo_ray.train.cpt import CptStage
 
-    return CptStage(job.limits)
+    return CptStage(job.limits, PromptCache(job.cfg.prompt_cache_mb))
 
 
 def rad_stage(job: StageJob) -> Stage:
     from echo_ray.train.rad import RadStage
 
-    return RadStage(job.limits, job.cfg.noise)
+    return RadStage(job.limits, job.cfg.noise, PromptCache(job.cfg.prompt_cache_mb))
 
 
 def build_stage(job: StageJob) -> Stage:

@@ -26,7 +26,7 @@ from echo_ray.config import NoiseConfig
 from echo_ray.errors import InputError
 from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
-from echo_ray.train.examples import Example, Limits, check_lengths, encode_row
+from echo_ray.train.examples import Example, Limits, PromptCache, check_lengths, encode_row
 from echo_ray.train.losses import rad_loss
 from echo_ray.train.noise import mix_block_tokens, sample_block_noise
 from echo_ray.train.rad_layout import RadLayout, pad_response, rad_layout
@@ -111,13 +111,13 @@ class RadStage:
 
     name = "rad"
 
-    def __init__(self, limits: Limits, noise: NoiseConfig):
-        self.limits, self.noise = limits, noise
+    def __init__(self, limits: Limits, noise: NoiseConfig, prompts: PromptCache | None = None):
+        self.limits, self.noise, self.prompts = limits, noise, prompts
 
     def build_batch(self, rows: list[dict], parts: ModelParts, generator: torch.Generator) -> Batch:
         examples = []
         for row in rows:
-            ex = encode_row(row, parts.tokenizer, parts.image_processor, parts.prompt, self.limits.raw)
+            ex = encode_row(row, parts.tokenizer, parts.image_processor, parts.prompt, self.limits.raw, self.prompts)
             check_lengths(ex, self.limits, where="train.rad")
             examples.append(ex)
         laid = [layout_example(ex, parts) for ex in examples]

@@ -37,12 +37,10 @@ from echo_ray.config import DcdLossConfig
 from echo_ray.errors import InputError
 from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
-from echo_ray.model.prompt import build_prompt
-from echo_ray.storage import read_image
 from echo_ray.train.dcd.loss import commit_weights, dcd_loss, sharpen_targets
 from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.trajectory import TrajectoryRecord
-from echo_ray.train.examples import Limits
+from echo_ray.train.examples import Limits, PromptCache
 from echo_ray.train.noise import mix_block_tokens
 from echo_ray.train.rad import clean_response, collate_rad, stack_layouts
 from echo_ray.train.rad_layout import RadLayout, pad_response, rad_layout
@@ -109,12 +107,13 @@ class DcdStage:
 
     name = "dcd"
 
-    def __init__(self, limits: Limits, cfg: DcdLossConfig):
+    def __init__(self, limits: Limits, cfg: DcdLossConfig, prompts: PromptCache | None = None):
         self.limits, self.cfg = limits, cfg
+        self.prompts = prompts or PromptCache(0)
 
     def _prompt(self, rec: TrajectoryRecord, parts: ModelParts):
-        pil = [read_image(im["path"]) for im in rec.task.images]
-        prompt = build_prompt(parts.tokenizer, parts.image_processor, pil, rec.task.language, parts.prompt)
+        paths = [im["path"] for im in rec.task.images]
+        prompt = self.prompts.get(paths, rec.task.language, parts.tokenizer, parts.image_processor, parts.prompt)
         if not np.array_equal(prompt.input_ids.numpy(), rec.prompt_ids):
             raise InputError(
                 f"study {rec.task.study_id}: the student's prompt ({prompt.length} tokens) differs from the one the "
@@ -172,4 +171,4 @@ class DcdStage:
 
 def dcd_stage(job) -> DcdStage:
     """Factory for the loop's stage registry (echo_ray.train.job.STAGES): the student's loss weights."""
-    return DcdStage(job.limits, job.cfg.loss)
+    return DcdStage(job.limits, job.cfg.loss, PromptCache(job.cfg.prompt_cache_mb))
