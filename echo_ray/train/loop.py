@@ -1,8 +1,9 @@
 """The one training loop every stage runs on each Ray Train worker.
 
 Per optimizer step: take `grad_accum` micro-batches of rows from the worker's data shard, let the
-stage build them (images read and processed here, in the worker, once per study: echo_ray.train.examples.PromptCache; noise from a generator seeded by
-(seed, step, rank, micro-batch), so a resumed step re-draws the same noise), run the engine step,
+stage build them (images read and processed here, in the worker, once per study through the
+stage's echo_ray.train.examples.PromptCache; noise from a generator seeded by (seed, step, rank,
+micro-batch), so a resumed step re-draws the same noise), run the engine step,
 average the loss over ranks; rank 0 writes loss, tokens/s, lr and grad norm to TensorBoard,
 metrics.jsonl and a progress line every step, and every rank passes them to `ray.train.report`
 every `train.distributed.report_every` steps (a report is a barrier that waits for the controller's
