@@ -73,7 +73,8 @@ def lm_logits(
     Lq. With `cache` (a transformers DynamicCache) the new keys/values are appended to it.
     Returns logits (N, Lq, V) in float32; with `select` (bool (N, Lq)) only the selected slots,
     (K, V) in row-major order. Training losses read a fraction of the slots (CPT the response, RAD
-    the masked ones), and the LM head over all of them was the largest matmul of a tiny-preset step.
+    the masked ones); the others need no vocabulary projection (tiny-preset CPT step: ~9 % less
+    forward + backward time in isolation).
     """
     out = model.model.language_model(
         inputs_embeds=inputs_embeds,
