@@ -75,12 +75,13 @@ class SentenceEncoder:
             raise InputError("SentenceEncoder.encode expects a list of strings")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        fresh = dict(zip(new, self._embed(new))) if new else {}
-        out = np.stack([fresh[t] if t in fresh else self._memo[t] for t in texts])
-        for t in dict.fromkeys(texts):  # most recently used last
-            self._memo[t] = fresh.get(t, self._memo.get(t))
-            self._memo.move_to_end(t)
+        distinct = list(dict.fromkeys(texts))
+        new = [t for t in distinct if t not in self._memo]
+        vecs = dict(zip(new, self._embed(new))) if new else {}
+        for t in distinct:  # this call's texts become the most recently used
+            vecs[t] = self._memo.pop(t) if t in self._memo else vecs[t]
+            self._memo[t] = vecs[t]
+        out = np.stack([vecs[t] for t in texts])
         while len(self._memo) > self.memo_size:
             self._memo.popitem(last=False)
         return out

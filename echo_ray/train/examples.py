@@ -59,6 +59,11 @@ def target_text(row: dict, raw: bool) -> str:
     return text
 
 
+def read_prompt(paths: list[str], language: str, tokenizer, image_processor, prompt_cfg: PromptConfig) -> StudyPrompt:
+    """Read a study's images (local or s3:// paths) and build its chat prompt."""
+    return build_prompt(tokenizer, image_processor, [read_image(p) for p in paths], language, prompt_cfg)
+
+
 class PromptCache:
     """Processed prompts keyed by (image paths, language), least recently used out past `max_mb`.
 
@@ -80,7 +85,7 @@ class PromptCache:
             self._items.move_to_end(key)
             return self._items[key]
         self.misses += 1
-        prompt = build_prompt(tokenizer, image_processor, [read_image(p) for p in paths], language, prompt_cfg)
+        prompt = read_prompt(paths, language, tokenizer, image_processor, prompt_cfg)
         size = _nbytes(prompt)
         if size <= self.max_bytes:
             self._items[key] = prompt
@@ -102,10 +107,8 @@ def encode_row(row: dict, tokenizer, image_processor, prompt_cfg: PromptConfig, 
     if not images:
         raise InputError(f"study {sid}: no images")
     paths, language = [im["path"] for im in images], row.get("language") or "en"
-    if cache is not None:
-        prompt = cache.get(paths, language, tokenizer, image_processor, prompt_cfg)
-    else:
-        prompt = build_prompt(tokenizer, image_processor, [read_image(p) for p in paths], language, prompt_cfg)
+    read = cache.get if cache is not None else read_prompt
+    prompt = read(paths, language, tokenizer, image_processor, prompt_cfg)
     return Example(sid, prompt, response_ids(tokenizer, target_text(row, raw)))
 
 

@@ -32,10 +32,9 @@ from echo_ray.decode.engine_batch import EngineBatch
 from echo_ray.decode.samplers import ConfidenceSampler
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import load_checkpoint
-from echo_ray.model.prompt import build_prompt
-from echo_ray.storage import read_image
 from echo_ray.train.dcd.on_policy import label_blocks, on_policy_records, report_context, student_reports
 from echo_ray.train.dcd.trajectory import PromptTask, TrajectoryRecord, records_from_events
+from echo_ray.train.examples import read_prompt
 
 
 @dataclass
@@ -104,8 +103,8 @@ class TeacherWorker:
     def _prompt(self, task: PromptTask):
         if not task.images:
             raise InputError(f"study {task.study_id}: no images")
-        pil = [read_image(im["path"]) for im in task.images]
-        return build_prompt(self.ckpt.tokenizer, self.ckpt.image_processor, pil, task.language, self.spec.prompt)
+        paths = [im["path"] for im in task.images]
+        return read_prompt(paths, task.language, self.ckpt.tokenizer, self.ckpt.image_processor, self.spec.prompt)
 
     def decode(self, tasks: list[PromptTask], round_index: int = 0) -> TeacherResult:
         t0 = time.perf_counter()

@@ -40,12 +40,12 @@ import numpy as np
 import torch
 
 from echo_ray.errors import InputError
-from echo_ray.model.prompt import build_prompt
-from echo_ray.storage import exists, is_s3, join, read_image, read_text, write_text
+from echo_ray.storage import exists, is_s3, join, read_text, write_text
 from echo_ray.train.data import DataPosition
 from echo_ray.train.dcd.agreement import onestep_agreement
 from echo_ray.train.dcd.store import from_row, read_trajectories, to_row
 from echo_ray.train.dcd.stream import PACKETS_FILE, PacketReader, packet_key, replay_packets
+from echo_ray.train.examples import read_prompt
 from echo_ray.train.metrics import worker_line
 from echo_ray.train.rows import LoopCallbacks, LoopEvent, RowStream
 
@@ -174,8 +174,8 @@ class DcdRounds(LoopCallbacks):
             p = self.parts
             self._prompts = []
             for rec in self.heldout:
-                pil = [read_image(im["path"]) for im in rec.task.images]
-                prompt = build_prompt(p.tokenizer, p.image_processor, pil, rec.task.language, p.prompt)
+                paths = [im["path"] for im in rec.task.images]
+                prompt = read_prompt(paths, rec.task.language, p.tokenizer, p.image_processor, p.prompt)
                 if not np.array_equal(prompt.input_ids.numpy(), rec.prompt_ids):
                     raise InputError(f"held-out study {rec.task.study_id}: the student's prompt differs from the teacher's")
                 self._prompts.append(prompt)
