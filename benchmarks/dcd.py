@@ -165,7 +165,7 @@ def decode(path: str, rows: list[dict], mode: str, steps: int | None, max_new: i
     from echo_ray.config import DecodeConfig, PromptConfig
     from echo_ray.decode.generator import ReportGenerator
     from echo_ray.model.checkpoint import load_checkpoint
-    from echo_ray.storage import read_image
+    from echo_ray.data.images import read_image
 
     ckpt = load_checkpoint(path)
     gen = ReportGenerator(ckpt, DecodeConfig(mode=mode, steps=steps, cache="fused", max_new_tokens=max_new), PromptConfig())

@@ -1,7 +1,8 @@
 """Decode speed, side by side in one run: AR vs multi-step vs one-step (vanilla and fused KV).
 
 Measures tokens/s, forwards per report and latency at batch 1 and 16 on the static-slot
-`DecodeEngine` (the keys without prefix, AR included) and on the reference decoders
+`DecodeEngine` (the keys without prefix, AR included; with `--graphs on,off` also the engine without
+CUDA graphs, `eager_*` twins, and `graphs_match_eager`) and on the reference decoders
 (`reference_*` twins), plus `engine_vs_reference` (kind -> batch -> tok/s ratio) and
 `mixed_length` (32 rows with budgets drawn from 32..256: the engine admits rows as others finish,
 the reference decodes fixed batches that wait for their longest row). Every decoder generates
@@ -21,11 +22,15 @@ and slot allocation happen once, outside the timed region; one untimed warm-up d
 
 Shapes: `tiny` (the CPU preset with phantom images) and `7b` (GPU only: a randomly initialized
 Qwen2.5-7B-shaped language model in bf16 with a small vision tower, 1,024-token prompt, 256 new
-tokens; no weights are needed to time it).
+tokens; no weights are needed to time it). `--layers`/`--vocab` shrink the 7b shape at its real
+widths, and `--allow-cpu` runs it on the CPU: the rehearsal of benchmarks/gpu_check.sh --dry-run.
+`--budget-s` stops measuring once the run has taken that long (the rest is listed in `unmeasured`).
 
 Usage:
     python benchmarks/decode.py --json
-    python benchmarks/decode.py --shape 7b --json          # on a GPU
+    python benchmarks/decode.py --shape 7b --graphs on,off --json          # on a GPU
+    python benchmarks/decode.py --shape 7b --layers 1 --vocab 2048 --prompt-len 32 --max-new 16 \
+        --batches 1,2 --allow-cpu --json                                   # CPU rehearsal
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -51,57 +57,10 @@ from echo_ray.decode.blockwise import BlockDecoder  # noqa: E402
 from echo_ray.decode.engine import DecodeEngine, RowMode  # noqa: E402
 from echo_ray.decode.engine_batch import EngineBatch  # noqa: E402
 from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler  # noqa: E402
-from echo_ray.model.prompt import StudyPrompt  # noqa: E402
+from echo_ray.model.checkpoint import resolve_device  # noqa: E402
+from decode_shapes import shape7b_setup, tiny_setup  # noqa: E402
 
 NO_EOS = -1  # an id no model can emit: every row runs to max_new tokens
-
-
-def tiny_setup(device: str):
-    from PIL import Image
-
-    from echo_ray.config import PromptConfig, TinyModelConfig
-    from echo_ray.data.phantom import read_phantom, tokenizer_corpus, write_phantom
-    from echo_ray.model.checkpoint import load_checkpoint
-    from echo_ray.model.prompt import build_prompt
-    from echo_ray.model.tiny import build_tiny_checkpoint
-
-    tmp = tempfile.mkdtemp(prefix="echo_bench_")
-    build_tiny_checkpoint(f"{tmp}/ckpt", TinyModelConfig(), block_size=8, corpus=tokenizer_corpus())
-    write_phantom(f"{tmp}/ph", 16, seed=0)
-    ckpt = load_checkpoint(f"{tmp}/ckpt", device=device)
-    recs = read_phantom(f"{tmp}/ph")
-    prompts = [
-        build_prompt(ckpt.tokenizer, ckpt.image_processor, [Image.open(r["images"][0]["path"]).convert("RGB")], "en", PromptConfig())
-        for r in recs
-    ]
-    return ckpt.model, ckpt.mask_id, ckpt.pad_id, prompts
-
-
-def shape7b_setup(device: str, prompt_len: int):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    vocab = 152064
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        vision_config=dict(depth=1, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=3584,
-                           fullatt_block_indexes=[0]),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-    )  # fmt: skip
-    with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16).eval()
-    mask_id, pad_id = vocab - 1, 151643
-    gen = torch.Generator().manual_seed(0)
-    n_img = 64  # one 16x16-patch image -> 8x8 merged = 64 tokens
-    grid = torch.tensor([[1, 16, 16]])
-    pixels = torch.randn(256, 3 * 2 * 14 * 14, generator=gen)
-    prompts = []
-    for _ in range(64):
-        text = torch.randint(0, 150000, (prompt_len - n_img - 2,), generator=gen)
-        ids = torch.cat([text[:8], torch.tensor([151652]), torch.full((n_img,), 151655), torch.tensor([151653]), text[8:]])
-        prompts.append(StudyPrompt(ids, pixels, grid))
-    return model, mask_id, pad_id, prompts
 
 
 KINDS = ("ar", "multistep_fused", "onestep_vanilla", "onestep_fused")
@@ -123,14 +82,19 @@ def make_decoder(kind: str, model, mask_id: int, B: int, max_new: int):
 
 
 class Bench:
-    """Model, prompts and one engine (slots allocated once) shared by every measurement."""
+    """Model, prompts and the engines (slots allocated once) shared by every measurement.
 
-    def __init__(self, model, mask_id, pad_id, prompts, B, max_new, repeats, max_rows):
+    `engines`: "static" (CUDA graphs where the device has them) and, if asked, "eager" (no graphs)."""
+
+    def __init__(self, model, mask_id, pad_id, prompts, B, max_new, repeats, max_rows, eager=False, warmup=True):
         self.model, self.mask_id, self.pad_id, self.prompts = model, mask_id, pad_id, prompts
-        self.B, self.max_new, self.repeats = B, max_new, repeats
+        self.B, self.max_new, self.repeats, self.warmup = B, max_new, repeats, warmup
         longest = max(p.length for p in prompts) + 256 + 2 * B
         self.slots = SlotsConfig(max_rows=max_rows, max_len=max(longest, max_new + longest))
-        self.engine = DecodeEngine(model, mask_id, NO_EOS, self.slots)
+        self.engines = {"static": DecodeEngine(model, mask_id, NO_EOS, self.slots)}
+        if eager:
+            self.engines["eager"] = DecodeEngine(model, mask_id, NO_EOS, replace(self.slots, cuda_graphs=False))
+        self.engine = self.engines["static"]
 
     def sync(self):
         if self.model.device.type == "cuda":
@@ -140,10 +104,10 @@ class Bench:
         """One decode of `prompts`: (seconds, forwards per report, tokens per row)."""
         self.sync()
         t0 = time.perf_counter()
-        st = self.engine.stats
+        st = self.engines.get(engine, self.engine).stats
         s0 = (st.decode_s, st.forwards - st.prefill_forwards)
-        if engine == "static":
-            run = EngineBatch(self.engine, prompts, row_mode(kind, self.B), budgets or self.max_new)
+        if engine in self.engines:
+            run = EngineBatch(self.engines[engine], prompts, row_mode(kind, self.B), budgets or self.max_new)
             events, fwd = run.events(), lambda: max(run.forwards)
         else:
             batch = collate_prompts(self.model, prompts, 1 if kind == "ar" else self.B, self.pad_id, self.mask_id)
@@ -158,8 +122,10 @@ class Bench:
         self.ms_per_forward = 1000 * (st.decode_s - s0[0]) / n_fwd if n_fwd else None
         return time.perf_counter() - t0, fwd(), toks
 
-    def measure(self, engine: str, kind: str, prompts) -> dict:
-        self.run_once(engine, kind, prompts)  # warm-up (and CUDA graph capture)
+    def measure(self, engine: str, kind: str, prompts) -> tuple[dict, list[list[int]]]:
+        """(figures, tokens of the last run) of one decoder on `prompts`."""
+        if self.warmup:
+            self.run_once(engine, kind, prompts)  # warm-up (and CUDA graph capture)
         times, fwd, toks = [], 0, None
         for _ in range(self.repeats):
             dt, fwd, toks = self.run_once(engine, kind, prompts)
@@ -168,9 +134,9 @@ class Bench:
         n_tok = sum(len(t) for t in toks)
         out = {"tokens_per_s": n_tok / wall, "forwards_per_report": fwd, "latency_ms": wall * 1000,
                "tokens": n_tok, "batch": len(prompts)}  # fmt: skip
-        if engine == "static":
+        if engine in self.engines:
             out["ms_per_decode_forward"] = self.ms_per_forward  # decode steps only (prefill excluded)
-        return out
+        return out, toks
 
 
 def identical_tokens(bench: Bench, prompts, max_new) -> bool:
@@ -237,22 +203,37 @@ def mixed_length(bench: Bench, rows: int, lo: int, hi: int, seed: int = 0) -> di
             "engine_vs_reference": dt_ref / dt_engine}  # fmt: skip
 
 
+def ratio(results: dict, num: str, den: str) -> float | None:
+    """tokens/s of result `num` over `den`; None when either was not measured (budget reached)."""
+    if num not in results or den not in results:
+        return None
+    return results[num]["tokens_per_s"] / results[den]["tokens_per_s"]
+
+
 def add_ratios(out: dict, results: dict, batches: list[int], kinds, prefix: str = "") -> None:
     first = min(batches)
-    tps = lambda k, b=first: results[f"{prefix}{k}@{b}"]["tokens_per_s"]  # noqa: E731
-    out[f"{prefix}onestep_fused_vs_ar"] = tps("onestep_fused") / tps("ar")
+    fused = f"{prefix}onestep_fused@{first}"
+    out[f"{prefix}onestep_fused_vs_ar"] = ratio(results, fused, f"{prefix}ar@{first}")
     if "onestep_vanilla" in kinds:
-        out[f"{prefix}fused_vs_vanilla"] = tps("onestep_fused") / tps("onestep_vanilla")
-    out[f"{prefix}forwards_per_report"] = {k: results[f"{prefix}{k}@{first}"]["forwards_per_report"] for k in kinds}
+        out[f"{prefix}fused_vs_vanilla"] = ratio(results, fused, f"{prefix}onestep_vanilla@{first}")
+    out[f"{prefix}forwards_per_report"] = {k: results[f"{prefix}{k}@{first}"]["forwards_per_report"] for k in kinds
+                                           if f"{prefix}{k}@{first}" in results}  # fmt: skip
     for b in batches:
-        out[f"{prefix}onestep_fused_vs_ar_batch{b}"] = tps("onestep_fused", b) / tps("ar", b)
+        out[f"{prefix}onestep_fused_vs_ar_batch{b}"] = ratio(results, f"{prefix}onestep_fused@{b}", f"{prefix}ar@{b}")
 
 
-def add_engine_vs_reference(out: dict, results: dict, batches: list[int], kinds) -> None:
-    out["engine_vs_reference"] = {
-        k: {str(b): results[f"{k}@{b}"]["tokens_per_s"] / results[f"reference_{k}@{b}"]["tokens_per_s"]
-            for b in batches if b in (1, 16)} for k in kinds
+def add_engine_vs_reference(out: dict, results: dict, batches: list[int], kinds, prefix: str = "") -> None:
+    """Engine over reference tokens/s (`prefix` "eager_": the engine without CUDA graphs); batches 1 and 16."""
+    out[f"{prefix}engine_vs_reference"] = {
+        k: {str(b): ratio(results, f"{prefix}{k}@{b}", f"reference_{k}@{b}") for b in batches if b in (1, 16)}
+        for k in kinds
     }  # fmt: skip
+
+
+def add_graphs(out: dict, results: dict, same: dict[str, bool]) -> None:
+    """CUDA graphs vs eager engine: tokens/s ratio per kind@batch and whether the tokens were identical."""
+    out["graphs_vs_eager"] = {k: ratio(results, k, f"eager_{k}") for k in results if f"eager_{k}" in results}
+    out["graphs_match_eager"] = same
 
 
 def add_arithmetic(out: dict, model, B: int) -> None:
@@ -292,12 +273,42 @@ def add_memory_floor(out: dict, model) -> None:
                                     if "ms_per_decode_forward" in r}  # fmt: skip
 
 
-def main() -> int:
+def measure_all(bench: Bench, prompts, batches: list[int], kinds, over_budget) -> tuple[dict, dict, list[str]]:
+    """Every kind x engine x batch: (results by key, graphs == eager tokens by key, keys left unmeasured)."""
+    results: dict[str, dict] = {}
+    same: dict[str, bool] = {}
+    unmeasured: list[str] = []
+    engines = [(e, "" if e == "static" else f"{e}_") for e in bench.engines] + [("reference", "reference_")]
+    for bs in batches:
+        rows = (prompts * (bs // len(prompts) + 1))[:bs]
+        for kind in kinds:
+            toks = {}
+            for engine, prefix in engines:
+                key = f"{prefix}{kind}@{bs}"
+                if over_budget():
+                    unmeasured.append(key)
+                    continue
+                results[key], toks[engine] = bench.measure(engine, kind, rows)
+                r = results[key]
+                print(f"{prefix + kind:26s} batch {bs:3d}: {r['tokens_per_s']:9.1f} tok/s  "
+                      f"{r['forwards_per_report']:4d} forwards  {r['latency_ms']:8.1f} ms", file=sys.stderr)  # fmt: skip
+            if "static" in toks and "eager" in toks:
+                same[f"{kind}@{bs}"] = toks["static"] == toks["eager"]
+    return results, same, unmeasured
+
+
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=["tiny", "7b"], default="tiny")
     ap.add_argument("--block-size", type=int, default=8)
     ap.add_argument("--max-new", type=int, default=None, help="default 64 (tiny) / 256 (7b)")
     ap.add_argument("--prompt-len", type=int, default=1024, help="7b shape only")
+    ap.add_argument("--layers", type=int, default=28, help="7b shape: decoder layers (real widths at any depth)")
+    ap.add_argument("--vocab", type=int, default=152064, help="7b shape: vocabulary size")
+    ap.add_argument("--allow-cpu", action="store_true", help="run the 7b shape on the CPU (a reduced rehearsal)")
+    ap.add_argument("--graphs", default="on", help="'on' (engine with CUDA graphs) or 'on,off' (also without: eager_*)")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up decode (CPU rehearsal)")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop measuring after this many seconds")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mixed", default="32,32,256", help="mixed-length run: rows,min budget,max budget ('' skips)")
@@ -306,37 +317,51 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads; 1 keeps timings stable on a shared 2-core machine (OpenMP spin-waits otherwise)")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ap, ap.parse_args()
+
+
+def main() -> int:
+    ap, args = parse_args()
+    device = resolve_device("auto").type  # "cuda" or "cpu"
     if device == "cpu":
         torch.set_num_threads(args.threads)
-    if args.shape == "7b" and device != "cuda":
-        print(json.dumps({"skipped": "the 7b shape needs a CUDA device", "device": device}))
+    if args.shape == "7b" and device != "cuda" and not args.allow_cpu:
+        print(json.dumps({"skipped": "the 7b shape needs a CUDA device (--allow-cpu: a reduced CPU rehearsal)",
+                          "device": device}))  # fmt: skip
         return 0
     torch.manual_seed(0)
+    t_start = time.perf_counter()
     B = args.block_size
     max_new = args.max_new or (64 if args.shape == "tiny" else 256)
-    model, mask_id, pad_id, prompts = tiny_setup(device) if args.shape == "tiny" else shape7b_setup(device, args.prompt_len)
+    if args.shape == "tiny":
+        model, mask_id, pad_id, prompts = tiny_setup(device)
+    else:
+        model, mask_id, pad_id, prompts = shape7b_setup(device, args.prompt_len, args.layers, args.vocab)
     batches = [int(b) for b in args.batches.split(",")]
     kinds = tuple(args.kinds.split(","))
-    bench = Bench(model, mask_id, pad_id, prompts, B, max_new, args.repeats, max(batches + [16]))
-    results: dict[str, dict] = {}
-    for bs in batches:
-        rows = (prompts * (bs // len(prompts) + 1))[:bs]
-        for engine, prefix in (("static", ""), ("reference", "reference_")):
-            for kind in kinds:
-                r = bench.measure(engine, kind, rows)
-                results[f"{prefix}{kind}@{bs}"] = r
-                print(f"{prefix + kind:26s} batch {bs:3d}: {r['tokens_per_s']:9.1f} tok/s  "
-                      f"{r['forwards_per_report']:4d} forwards  {r['latency_ms']:8.1f} ms", file=sys.stderr)  # fmt: skip
+    graphs = args.graphs.split(",")
+    if graphs not in (["on"], ["on", "off"]):
+        ap.error(f"--graphs {args.graphs!r}: expected 'on' or 'on,off'")
+    bench = Bench(model, mask_id, pad_id, prompts, B, max_new, args.repeats, max(batches + [16]), eager="off" in graphs,
+                  warmup=not args.no_warmup)  # fmt: skip
+    budget = args.budget_s if args.budget_s is not None else float("inf")
+    over = lambda: time.perf_counter() - t_start > budget  # noqa: E731
+    results, same, unmeasured = measure_all(bench, prompts, batches, kinds, over)
     out = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "shape": args.shape, "block_size": B, "max_new_tokens": max_new,
         "threads": torch.get_num_threads() if device == "cpu" else None,
     }  # fmt: skip
+    if args.shape == "7b":
+        out.update(layers=args.layers, vocab=args.vocab, prompt_len=args.prompt_len)
     add_ratios(out, results, batches, kinds)
     add_ratios(out, results, batches, kinds, prefix="reference_")
     add_engine_vs_reference(out, results, batches, kinds)
+    if "off" in graphs:
+        add_ratios(out, results, batches, kinds, prefix="eager_")
+        add_engine_vs_reference(out, results, batches, kinds, prefix="eager_")
+        add_graphs(out, results, same)
+    out["unmeasured"] = unmeasured
     add_arithmetic(out, model, B)
     if args.mixed:
         n, lo, hi = (int(x) for x in args.mixed.split(","))

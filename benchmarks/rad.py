@@ -32,6 +32,7 @@ import time
 
 import torch
 
+from echo_ray.model.checkpoint import resolve_device
 from echo_ray.model.forward import lm_logits
 from echo_ray.model.masks import rad_mask
 from echo_ray.train.losses import rad_loss
@@ -120,7 +121,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     shape = SHAPES[args.shape]
     if args.shape == "7b" and device.type != "cuda" and args.device == "auto":
         raise SystemExit("--shape 7b needs a CUDA device (pass --device cpu with few --layers to smoke-test it)")

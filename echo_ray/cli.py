@@ -32,6 +32,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("echo_ray.data.pipeline.cli", "add_normalize_parser"),
     ("echo_ray.serve.cli", "add_serve_parser"),
     ("echo_ray.train.cli", "add_train_parser"),
+    ("echo_ray.interop.cli", "add_pacs_parser"),
 )
 
 

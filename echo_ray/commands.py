@@ -14,40 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from echo_ray.config import DecodeConfig, load_config, save_config
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (default: built-in defaults, i.e. the tiny preset)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.rad.max_steps=5 (YAML value syntax)")  # fmt: skip
-
-
-def add_preset_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=["echo-reference"], default=None,
-                   help="decode.preset: echo-reference = the published ECHO inference settings")  # fmt: skip
-
-
-def config_from_args(args: argparse.Namespace):
-    """Load the config tree once at the entry point, with --set overrides (and --preset); stage paths resolved.
-
-    With `storage.root` set, or under a Ray job, relative data/output paths become absolute against
-    the root (a relative path with no root under a Ray job is a ConfigError; echo_ray/storage.py).
-    """
-    import yaml
-
-    from echo_ray.errors import ConfigError
-    from echo_ray.storage import resolve_stage_paths
-
-    overrides = {}
-    for item in getattr(args, "set", []) or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = yaml.safe_load(v)
-    if getattr(args, "preset", None):
-        overrides["decode.preset"] = args.preset
-    return resolve_stage_paths(load_config(getattr(args, "config", None), overrides))
+from echo_ray.config import DecodeConfig, ModelConfig, save_config
+from echo_ray.config.args import add_config_args, add_preset_arg, config_from_args
 
 
 def add_phantom_parser(sub) -> None:
@@ -61,9 +29,9 @@ def add_phantom_parser(sub) -> None:
 
 
 def run_phantom(args: argparse.Namespace) -> int:
+    from echo_ray.config.paths import resolve_stage_path
     from echo_ray.data.phantom import SYNTHETIC_NOTE, write_phantom
     from echo_ray.errors import InputError
-    from echo_ray.storage import resolve_stage_path
 
     cfg = config_from_args(args)
     n = args.n if args.n is not None else (cfg.phantom.n if args.config or args.set else 16)
@@ -112,7 +80,7 @@ def add_import_parser(sub) -> None:
 def run_import(args: argparse.Namespace) -> int:
     from echo_ray.model.importer import import_checkpoint
 
-    out = import_checkpoint(args.src, args.out, args.block_size, args.dtype, args.cache_dir)
+    out = import_checkpoint(args.src, args.out, args.block_size, ModelConfig(dtype=args.dtype, cache_dir=args.cache_dir))
     print(f"imported {args.src} -> {out}")
     return 0
 
@@ -131,6 +99,9 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--language", choices=["en", "zh"], default=None)
     p.add_argument("--schedule", choices=["confidence", "quota"], default=None, help="multistep commit schedule")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--format", choices=["json", "dicom-sr", "fhir"], default=None,
+                   help="write the report as echo_ray JSON, a DICOM SR or a FHIR DiagnosticReport (with --out)")  # fmt: skip
+    p.add_argument("--out", default=None, help="file for --format (json/fhir: stdout when omitted)")
     add_preset_arg(p)
     add_config_args(p)
     p.set_defaults(func=run_generate)
@@ -153,11 +124,13 @@ def run_generate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     images = [load_image(p) for p in args.image]  # errors name the file before the model loads
     dec = decode_config_from_args(cfg.decode, args)
-    m = cfg.model
-    ckpt = load_checkpoint(args.model, m.dtype, m.attn_implementation, m.cache_dir, max_pixels=m.max_pixels,
-                           min_pixels=m.min_pixels)  # fmt: skip
+    ckpt = load_checkpoint(args.model, cfg.model)
     gen = ReportGenerator(ckpt, dec, cfg.prompt, override_block=args.override_block_size)
     report = gen.generate([images], dec.language)[0]
+    if args.format:
+        from echo_ray.interop.cli import write_generated
+
+        return write_generated(report, args, gen.cfg)
     if args.json:
         print(json.dumps({k: v for k, v in report.as_dict().items() if k != "tokens"} | {"n_tokens": len(report.tokens)}))
         return 0

@@ -21,8 +21,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from echo_ray.commands import add_config_args, config_from_args
 from echo_ray.config import EchoConfig, EvalRow, SourceSpec, save_config
+from echo_ray.config.args import add_config_args, config_from_args
 
 TINY_PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

@@ -8,20 +8,19 @@ temporary credentials that rotate during a long run are picked up, and a filesys
 Ray task carries no secret. An S3-compatible endpoint (MinIO, a local moto server in tests) comes
 from `AWS_ENDPOINT_URL`; the region from `AWS_REGION` / `AWS_DEFAULT_REGION` (else the SDK's own).
 
-Also here: the download-once checkpoint cache, `read_image` (one image reader for training,
-evaluation and serving-side file inputs), and the storage-root path helpers every stage shares.
+Also here: the download-once checkpoint cache. Images are decoded in echo_ray.data.images
+(`read_image`, from the bytes read here); the storage-root policy for a config's stage paths is
+echo_ray.config.paths.
 
 Usage:
     write_text("s3://bucket/runs/rad/echo_config.yaml", text)
     files = list_files("s3://bucket/data/train", ".parquet"); fs, path = resolve_fs(files[0])
     local = resolve_local("s3://bucket/models/echo", cache_dir="~/.cache/echo_ray/models")
-    img = read_image("s3://bucket/images/PA.png")
-    cfg = resolve_stage_paths(cfg)   # relative stage paths against storage.root; refused under a Ray job
+    raw = read_bytes("s3://bucket/images/PA.png", "image")
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import uuid
@@ -30,10 +29,8 @@ from typing import Any
 
 from pyarrow import fs as pafs
 
-from echo_ray.errors import ConfigError, InputError
+from echo_ray.errors import InputError
 
-# Set by Ray's job supervisor for every `ray job submit` entrypoint (ray/dashboard/modules/job).
-RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 _CHUNK = 8 << 20
 
 
@@ -236,75 +233,6 @@ def resolve_local(path: str, cache_dir: str | Path = "~/.cache/echo_ray/models")
     return p
 
 
-def read_image(uri: str, max_pixels: int | None = None):
-    """A local or s3:// image (PNG/JPEG/DICOM) as an RGB PIL image; InputError naming it otherwise."""
-    from echo_ray.data.images import image_from_bytes
-
-    if not is_s3(uri) and not Path(uri).expanduser().is_file():
-        raise InputError(f"image file not found: {uri}")
-    return image_from_bytes(read_bytes(str(uri), "image"), name=str(uri), max_pixels=max_pixels)
-
-
 def shown_path(path: str | Path) -> str:
     """A path as printed to users: s3:// as is, local paths absolute (so a job's output is findable)."""
     return str(path) if is_s3(str(path)) else str(Path(path).expanduser().resolve())
-
-
-def under_ray_job() -> bool:
-    """True inside a `ray job submit` entrypoint, whose cwd is Ray's temporary copy of --working-dir."""
-    return bool(os.environ.get(RAY_JOB_ENV))
-
-
-def resolve_stage_path(path: str, root: str, what: str) -> str:
-    """Absolute form of one stage path: s3:// and absolute paths as they are, relative ones under `root`.
-
-    Without `root`, a relative path is resolved against the current directory, except under a Ray
-    job, where the current directory is a temporary copy that nobody (and no later stage) will see:
-    there it is a ConfigError naming the absolute and s3:// forms.
-    """
-    p = str(path)
-    if not p or is_s3(p):
-        return p
-    if Path(p).expanduser().is_absolute():
-        return str(Path(p).expanduser())
-    if root:
-        if is_s3(root):
-            return f"{root.rstrip('/')}/{p}"
-        base = Path(root).expanduser()
-        if not base.is_absolute():
-            raise ConfigError(f"storage.root must be an absolute directory or an s3:// prefix, got {root!r}")
-        return str(base / p)
-    if under_ray_job():
-        raise ConfigError(
-            f"{what} is the relative path {p!r}: under a Ray job it would resolve inside Ray's temporary copy of "
-            f"the working directory, where nobody (and no later stage) finds it. Give an absolute path on shared "
-            f"storage (e.g. /mnt/shared/echo/{p}) or an s3:// URI (s3://bucket/echo/{p}), or set the root every "
-            f"stage shares: --set storage.root=/mnt/shared/echo"
-        )
-    return str(Path(p).resolve())
-
-
-def _resolve_fields(section: Any, names: tuple[str, ...], root: str, prefix: str) -> Any:
-    changes = {n: resolve_stage_path(getattr(section, n), root, f"{prefix}.{n}") for n in names}
-    return dataclasses.replace(section, **changes)
-
-
-def resolve_stage_paths(cfg: Any) -> Any:
-    """A copy of the config tree with every stage's data and output paths in absolute (or s3://) form.
-
-    Applied when `storage.root` is set or under a Ray job; otherwise relative paths stay as given
-    (they resolve against the current directory, as usual on one machine).
-    """
-    root = cfg.storage.root
-    if not root and not under_ray_job():
-        return cfg
-    norm = cfg.normalize
-    sources = [dataclasses.replace(s, path=resolve_stage_path(s.path, root, f"normalize.sources[{s.name}].path"),
-                                   images=resolve_stage_path(s.images, root, f"normalize.sources[{s.name}].images"))
-               for s in norm.sources]  # fmt: skip
-    norm = dataclasses.replace(norm, sources=sources, output=resolve_stage_path(norm.output, root, "normalize.output"))
-    train = cfg.train
-    stages = {name: _resolve_fields(getattr(train, name), ("init_from", "output_dir", "data"), root, f"train.{name}")
-              for name in ("cpt", "rad", "dcd")}  # fmt: skip
-    ev = _resolve_fields(cfg.eval, ("data", "output_dir"), root, "eval")
-    return dataclasses.replace(cfg, normalize=norm, train=dataclasses.replace(train, **stages), eval=ev)

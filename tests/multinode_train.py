@@ -65,9 +65,10 @@ def main(data: str, model_dir: str, scratch: str) -> int:
     })  # fmt: skip
     outcome = launch(cfg, "cpt")
     nodes = [n for n in ray.nodes() if n["Alive"]]
+    from echo_ray.config import ModelConfig
     from echo_ray.model.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(outcome.final_dir, cache_dir=str(Path(scratch) / "cache2"))
+    ckpt = load_checkpoint(outcome.final_dir, ModelConfig(cache_dir=str(Path(scratch) / "cache2")))
     steps = [json.loads(line)["step"] for line in read_text("s3://echo/runs/cpt/metrics.jsonl").splitlines()]
     print(json.dumps({
         "nodes": len(nodes), "final": outcome.final_dir, "checkpoint": outcome.checkpoint,

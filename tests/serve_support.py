@@ -25,10 +25,9 @@ from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint
 from echo_ray.model.tiny import build_tiny_checkpoint
 
 MAX_NEW_TOKENS = 24  # 3 blocks of 8: short decodes keep the suite fast
-# The shared "echo_api" app: limits small enough to trip with small files; a batch wait long enough
-# that concurrent callers reliably share a batch on a loaded 2-core machine.
+# The shared "echo_api" app (ingress + engine): limits small enough to trip with small files.
 API_APP = "echo_api"
-API_ARGS = dict(max_body_bytes=1_000_000, max_pixels=600_000, max_new_tokens_limit=512, batch_wait_timeout_s=0.1)
+API_ARGS = dict(max_body_bytes=1_000_000, max_pixels=600_000, max_new_tokens_limit=512)
 _state: dict = {"apps": {}}
 
 

@@ -8,8 +8,9 @@ import boto3
 import pytest
 import torch
 
+from echo_ray.config import ModelConfig
 from echo_ray.errors import InputError
-from echo_ray.model.checkpoint import load_checkpoint
+from echo_ray.model.checkpoint import load_checkpoint, resolve_device
 from echo_ray.model.tokenizer import MASK_TOKEN, SPECIAL_TOKENS, ensure_mask_token
 from echo_ray.storage import upload_dir
 
@@ -71,8 +72,33 @@ def test_base_model_without_mask_gets_one(tmp_path, tiny_ckpt_dir) -> None:
 def test_s3_checkpoint_via_local_moto(moto_s3, tmp_path, tiny_ckpt_dir) -> None:
     boto3.client("s3").create_bucket(Bucket="models")
     assert upload_dir(tiny_ckpt_dir, "s3://models/echo/tiny") >= 4
-    c = load_checkpoint("s3://models/echo/tiny", cache_dir=str(tmp_path / "cache"))
+    c = load_checkpoint("s3://models/echo/tiny", ModelConfig(cache_dir=str(tmp_path / "cache")))
     assert c.path == tmp_path / "cache" / "models" / "echo" / "tiny"
     assert c.block_size == 8
     with pytest.raises(InputError, match="no objects under"):
-        load_checkpoint("s3://models/absent", cache_dir=str(tmp_path / "cache"))
+        load_checkpoint("s3://models/absent", ModelConfig(cache_dir=str(tmp_path / "cache")))
+
+
+def test_model_section_decides_how_the_checkpoint_loads(tiny_ckpt_dir) -> None:
+    """One ModelConfig for every caller: dtype, attention implementation and image bounds are applied."""
+    c = load_checkpoint(str(tiny_ckpt_dir), ModelConfig(dtype="bfloat16", attn_implementation="eager",
+                                                        max_pixels=112 * 112, min_pixels=56 * 56))  # fmt: skip
+    assert {p.dtype for p in c.model.parameters()} == {torch.bfloat16}
+    assert c.model.config._attn_implementation == "eager"
+    assert (c.image_processor.size["shortest_edge"], c.image_processor.size["longest_edge"]) == (56 * 56, 112 * 112)
+    with pytest.raises(InputError, match="min_pixels 20000 exceeds max_pixels 10000"):
+        load_checkpoint(str(tiny_ckpt_dir), ModelConfig(max_pixels=10_000, min_pixels=20_000))
+
+
+def test_resolve_device() -> None:
+    """The one "auto" picker (serve, eval, the DCD teachers, benchmarks): CUDA when visible, else CPU."""
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == resolve_device() == torch.device(expected)
+    assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(InputError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device is visible"):
+            resolve_device("cuda:0")
+    else:
+        assert resolve_device("cuda:0") == torch.device("cuda:0")

@@ -18,8 +18,10 @@ def test_cluster_yaml_validates() -> None:
     assert cfg["provider"]["type"] == "aws"
     head = cfg["available_node_types"][cfg["head_node_type"]]
     assert head["resources"] == {"CPU": 0}, "the head node must run no work"
-    gpu_types = [n for n, t in cfg["available_node_types"].items() if n != cfg["head_node_type"]]
-    assert gpu_types and all("gpu" in n for n in gpu_types)
+    workers = [n for n in cfg["available_node_types"] if n != cfg["head_node_type"]]
+    assert workers and all("gpu" in n for n in workers if n != "cpu_ingress")
+    # the serving ingress's CPU nodes carry the resource serve_config.yaml's ReportService asks for
+    assert cfg["available_node_types"]["cpu_ingress"]["resources"] == {"ingress": 4}
     assert any("--shm-size" in o for o in cfg["docker"]["run_options"])
     assert any("[train,gpu]" in c for c in cfg["setup_commands"])
 

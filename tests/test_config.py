@@ -66,15 +66,18 @@ def test_setting_one_key_keeps_the_section_defaults() -> None:
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"train.rad.noise.t_min": 0.9, "train.rad.noise.t_max": 0.5}, "train.rad.noise needs 0 < t_min <= t_max"),
-    ({"train.dcd.loss.eos_weight": -1}, "train.dcd.loss.eos_weight must be >= 0"),
-    ({"train.dcd.loss.target_temperature": 0}, "train.dcd.loss.target_temperature must be in \\(0, 1\\]"),
-    ({"train.dcd.loss.context_noise": 1.0}, "train.dcd.loss.context_noise must be in \\[0, 1\\)"),
-    ({"train.rad.noise.context": -0.1}, "train.rad.noise.context must be in \\[0, 1\\)"),
-    ({"train.cpt.max_steps": 0}, "train.cpt.max_steps must be positive"),
-    ({"train.distributed.zero_stage": 5}, "train.distributed.zero_stage must be 0-3"),
+    ({"train.rad.noise.t_min": 0.9, "train.rad.noise.t_max": 0.5}, "train.rad.noise: needs 0 < t_min <= t_max"),
+    ({"train.dcd.loss.eos_weight": -1}, "'train.dcd.loss.eos_weight': input should be greater than or equal to 0"),
+    ({"train.dcd.loss.target_temperature": 0}, "'train.dcd.loss.target_temperature': input should be greater than 0"),
+    ({"train.dcd.loss.context_noise": 1.0}, "'train.dcd.loss.context_noise': input should be less than 1"),
+    ({"train.rad.noise.context": -0.1}, "'train.rad.noise.context': input should be greater than or equal to 0"),
+    ({"train.cpt.max_steps": 0}, "'train.cpt.max_steps': input should be greater than 0"),
+    ({"train.distributed.zero_stage": 5}, "'train.distributed.zero_stage': input should be less than or equal to 3"),
+    ({"train.distributed.bf16": True}, "train.distributed: bf16 needs use_gpu: true"),
     ({"train.dcd_teacher.teacher_cpus": 0}, "train.dcd_teacher: each teacher needs some CPU"),
-    ({"serve.max_queue": -1}, "serve.max_queue must be >= 0"),
+    ({"serve.max_queue": -1}, "'serve.max_queue': input should be greater than or equal to 0"),
+    ({"serve.foo": 1}, "unknown config key 'serve.foo' \\(valid here: auth_token_env, "),
+    ({"normalize.sources": [{"name": "x", "bogus": 1}]}, "unknown config key 'normalize.sources\\[0\\].bogus'"),
 ])  # fmt: skip
 def test_section_ranges_are_checked_where_loaded(override, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -92,3 +95,34 @@ def test_stage_configs_are_typed_and_the_teacher_holds_no_loss_weights(tmp_path)
         load_config(None, {"train.dcd_teacher.eos_weight": 1.0})
     path = save_config(cfg, f"{tmp_path}/nested")  # the one writer: creates the directory, round-trips
     assert load_config(path) == cfg
+
+
+def test_strings_coerce_to_the_field_types() -> None:
+    """`serve run app key=value` and `--set` hand strings; lax validation converts them or names the key."""
+    cfg = load_config(None, {"serve.max_queue": "5", "train.rad.noise.t_min": "0.4", "decode.slots.cuda_graphs": "false"})
+    assert cfg.serve.max_queue == 5 and cfg.train.rad.noise.t_min == 0.4 and cfg.decode.slots.cuda_graphs is False
+    from echo_ray.config import ServeConfig, from_dict
+
+    serve = from_dict(ServeConfig, {"max_images": "3", "decode_timeout_s": "2.5"}, "serve")
+    assert (serve.max_images, serve.decode_timeout_s) == (3, 2.5)
+    with pytest.raises(ConfigError, match="'serve.max_images': input should be a valid integer"):
+        from_dict(ServeConfig, {"max_images": "four"}, "serve")
+
+
+def test_every_default_round_trips_through_plain_data() -> None:
+    from echo_ray.config import from_dict, to_dict
+
+    cfg = load_config(REPO / "configs" / "lingshu7b.yaml")
+    plain = to_dict(cfg)
+    assert plain["train"]["cpt"]["optim"]["betas"] == [0.9, 0.95]  # tuples become lists
+    assert from_dict(EchoConfig, plain) == cfg and from_dict(EchoConfig, to_dict(EchoConfig())) == EchoConfig()
+
+
+def test_sections_built_in_code_are_checked_on_demand() -> None:
+    from echo_ray.config import DistributedConfig, RadConfig, check_section
+
+    assert check_section(RadConfig(max_steps=3), "train.rad").max_steps == 3
+    with pytest.raises(ConfigError, match="'train.rad.max_steps': input should be greater than 0, got 0"):
+        check_section(RadConfig(max_steps=0), "train.rad")
+    with pytest.raises(ConfigError, match="train.distributed: bf16 needs use_gpu"):
+        check_section(DistributedConfig(bf16=True), "train.distributed")

@@ -16,7 +16,7 @@ from echo_ray.errors import ConfigError
 from echo_ray.train.dcd.checks import check_dcd_settings
 from echo_ray.train.dcd.on_policy import label_blocks, report_context
 from echo_ray.train.dcd.stage import DcdStage, student_response
-from echo_ray.train.dcd.store import SCHEMA, TrajectoryWriter, read_trajectories, to_row, to_table
+from echo_ray.train.dcd.store import SCHEMA, TrajectoryWriter, read_trajectories, to_table
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
 from echo_ray.train.dcd.trajectory import PromptTask
 from echo_ray.train.examples import Limits
@@ -94,7 +94,7 @@ def test_student_trains_on_its_own_report(worker, tasks) -> None:
     rec.context[: -B] = (rec.context[: -B] + 1) % 50 + 10  # make it differ from the teacher's labels
     c = worker.ckpt
     parts = ModelParts(c.model, c.tokenizer, c.image_processor, c.mask_id, B, PromptConfig())
-    batch = DcdStage(Limits(2048, 256), DcdLossConfig()).build_batch([to_row(rec)], parts, torch.Generator())
+    batch = DcdStage(Limits(2048, 256), DcdLossConfig()).build_batch([rec], parts, torch.Generator())
     P = rec.prompt_ids.shape[0]
     clean = batch["input_ids"][0][P : P + rec.response_len]
     np.testing.assert_array_equal(clean.numpy(), rec.context)

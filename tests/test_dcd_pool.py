@@ -156,7 +156,38 @@ def test_bad_teacher_or_vocab_fails_before_actors(tiny_ckpt_dir, tmp_path) -> No
     with pytest.raises(ConfigError, match="none are stored"):
         prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.epochs": 2,
                        "train.dcd_teacher.write_trajectories": False}))  # fmt: skip
-    with pytest.raises(ConfigError, match="epochs must be positive"):
+    with pytest.raises(ConfigError, match="'train.dcd_teacher.epochs': input should be greater than 0"):
         prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.epochs": 0}))
     with pytest.raises(ConfigError, match="gives some of the 2 workers no rows"):
         prepare(cfg(**{"train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.prompts_per_round": 1}))
+
+
+def test_teacher_loads_with_the_students_model_settings(tiny_ckpt_dir, phantom_dir, tasks, tmp_path) -> None:
+    """model.min_pixels above the phantom images' size makes the image processor upsize them: the
+    teacher actors must load the model exactly as the student's stage does (one ModelConfig), or the
+    student's prompt is not the one the teacher decoded and DCD stops (issue 28)."""
+    import torch
+
+    from echo_ray.data.phantom_dataset import write_phantom_dataset
+    from echo_ray.train.dcd.driver import teacher_spec
+    from echo_ray.train.job import build_stage
+    from echo_ray.train.loop import load_parts
+
+    data = write_phantom_dataset(phantom_dir, tmp_path / "data", dcd_rows=4)
+    cfg = load_config(None, {
+        "train.dcd_teacher.teacher": str(tiny_ckpt_dir), "train.dcd_teacher.rounds": 1,
+        "train.dcd_teacher.prompts_per_round": 2, "train.dcd_teacher.heldout_prompts": 1,
+        "train.dcd_teacher.top_k": 4, "train.dcd_teacher.teacher_steps": 2, "train.dcd_teacher.max_new_tokens": 8,
+        "train.dcd.data": str(data), "train.dcd.split": "dcd", "train.dcd.output_dir": str(tmp_path / "out"),
+        "train.dcd.batch_size": 1, "train.distributed.num_workers": 1,
+        "model.max_pixels": 200704, "model.min_pixels": 50176,  # 224^2 > the phantom images' area
+    })  # fmt: skip
+    cfg, plan = prepare(cfg)
+    rec = TeacherWorker(teacher_spec(cfg)).decode(tasks[:1]).records[0]
+    parts = load_parts(plan.job, torch.device("cpu"))
+    stage = build_stage(plan.job)
+    batch = stage.build_batch([rec], parts, torch.Generator().manual_seed(0))  # checks the prompt ids
+    grid = batch["image_grid_thw"]
+    assert int(grid.prod(-1).min()) * 14 * 14 >= 50176, "the images were upsized to model.min_pixels"
+    loss, _ = stage.loss(parts.model, batch)
+    assert torch.isfinite(loss)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from dcd_support import tiny_record
 
+from echo_ray.train.dcd.messages import Failed, Step, Stop
 from echo_ray.train.dcd.stream import PacketReader
 
 
-def _step(i: int) -> dict:
-    return {"kind": "step", "round": 0, "step": i, "rows": [{"uid": f"u{i}"}]}
+def _step(i: int) -> Step:
+    return Step(round=0, step=i, records=(tiny_record(f"u{i}"),))
 
 
 def _wait_until(cond, seconds: float = 20.0) -> bool:
@@ -29,7 +31,7 @@ def test_reader_yields_in_order_and_prefetches_while_the_step_runs(ray_cluster) 
     try:
         for i in range(1, 7):
             q.put(_step(i))
-        q.put({"kind": "stop"})
+        q.put(Stop())
         reader = PacketReader(q, poll_s=0.2, prefetch=2)
         it = iter(reader)
         first = next(it)
@@ -38,7 +40,7 @@ def test_reader_yields_in_order_and_prefetches_while_the_step_runs(ray_cluster) 
         time.sleep(0.2)
         assert q.qsize() == 4, "prefetch must stop at its depth (back-pressure still reaches the feeder)"
         rest = list(it)
-        assert [p["step"] for p in [first, *rest]] == [1, 2, 3, 4, 5, 6]
+        assert [p.step for p in [first, *rest]] == [1, 2, 3, 4, 5, 6]
         assert reader.packets == 7 and reader.first_wait_s is not None and reader.wait_s >= 0.0
     finally:
         q.shutdown()
@@ -50,9 +52,9 @@ def test_reader_raises_on_a_feeder_error_packet(ray_cluster) -> None:
     q = Queue(maxsize=4, actor_options={"num_cpus": 0})
     try:
         q.put(_step(1))
-        q.put({"kind": "error", "message": "teacher pool gone"})
+        q.put(Failed("teacher pool gone"))
         it = iter(PacketReader(q, poll_s=0.2))
-        assert next(it)["step"] == 1
+        assert next(it).step == 1
         with pytest.raises(RuntimeError, match="teacher pool gone"):
             next(it)
     finally:

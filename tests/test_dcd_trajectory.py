@@ -121,7 +121,7 @@ def test_student_batch_layout(worker, result) -> None:
     eos_rec.tokens = eos_rec.tokens.copy()
     eos_rec.eos_pos = eos_rec.response_len - 5
     eos_rec.tokens[eos_rec.eos_pos] = c.eos_id
-    batch = DcdStage(Limits(2048, 256), cfg).build_batch([to_row(rec), to_row(eos_rec)], parts, torch.Generator())
+    batch = DcdStage(Limits(2048, 256), cfg).build_batch([rec, eos_rec], parts, torch.Generator())
     for i, r in enumerate((rec, eos_rec)):
         noisy = batch["is_noisy"][i] & batch["valid"][i]
         cand = batch["masked"][i]
@@ -136,7 +136,7 @@ def test_student_batch_layout(worker, result) -> None:
     loss, metrics = DcdStage(Limits(2048, 256), cfg).loss(c.model, batch)
     assert torch.isfinite(loss) and 0.0 <= metrics["tf_agreement"] <= 1.0 and metrics["eos_nll"] > 0
     # sharpened targets: the same slots carry the tempered teacher conditionals
-    hot = DcdStage(Limits(2048, 256), replace(cfg, target_temperature=0.5)).build_batch([to_row(rec)], parts, torch.Generator())
+    hot = DcdStage(Limits(2048, 256), replace(cfg, target_temperature=0.5)).build_batch([rec], parts, torch.Generator())
     cand = hot["masked"][0]
     want_lp, want_mass = sharpen_targets(torch.as_tensor(rec.topk_logprobs), torch.as_tensor(rec.topk_logmass), 0.5)
     torch.testing.assert_close(hot["topk_logprobs"][0][cand], want_lp)
@@ -146,8 +146,8 @@ def test_student_batch_layout(worker, result) -> None:
     varied = from_row(to_row(rec))  # the random teacher repeats one token: give the prefix distinct ones
     varied.tokens = np.arange(10, 10 + varied.response_len, dtype=np.int32)
     varied.eos_pos = -1
-    noisy_ctx = DcdStage(Limits(2048, 256), replace(cfg, context_noise=0.5)).build_batch([to_row(varied)], parts, torch.Generator())
-    clean = DcdStage(Limits(2048, 256), cfg).build_batch([to_row(varied)], parts, torch.Generator())
+    noisy_ctx = DcdStage(Limits(2048, 256), replace(cfg, context_noise=0.5)).build_batch([varied], parts, torch.Generator())
+    clean = DcdStage(Limits(2048, 256), cfg).build_batch([varied], parts, torch.Generator())
     diff = noisy_ctx["input_ids"][0] != clean["input_ids"][0]
     slot = torch.arange(diff.shape[0])
     assert bool(diff.any()) and not bool((diff & (clean["is_noisy"][0] | (slot < rec.prompt_ids.shape[0]))).any())
@@ -158,7 +158,7 @@ def test_prompt_mismatch_is_an_error(worker, result) -> None:
     c = worker.ckpt
     parts = ModelParts(c.model, c.tokenizer, c.image_processor, c.mask_id, B, PromptConfig(system="Another system."))
     with pytest.raises(InputError, match="differs from the one the teacher decoded"):
-        DcdStage(Limits(2048, 256), DcdLossConfig()).build_batch([to_row(result.records[0])], parts, torch.Generator())
+        DcdStage(Limits(2048, 256), DcdLossConfig()).build_batch([result.records[0]], parts, torch.Generator())
 
 
 def test_parquet_round_trip(tmp_path, result) -> None:

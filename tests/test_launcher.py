@@ -144,7 +144,7 @@ def test_bad_inputs_fail_before_workers_start(dataset, tiny_ckpt_dir, tmp_path):
         plan_stage(_cfg("cpt", dataset, tmp_path / "o", model, **{"train.cpt.max_prompt_tokens": 4096}), "cpt")
     with pytest.raises(ConfigError, match="flash_attention_2"):
         plan_stage(_cfg("cpt", dataset, tmp_path / "o", model, **{"model.attn_implementation": "flash_attention_2"}), "cpt")
-    with pytest.raises(ConfigError, match="train.rad.noise needs 0 < t_min <= t_max"):  # refused where loaded
+    with pytest.raises(ConfigError, match="train.rad.noise: needs 0 < t_min <= t_max"):  # refused where loaded
         _cfg("rad", dataset, tmp_path / "o", model, **{"train.rad.noise.t_min": 0.9, "train.rad.noise.t_max": 0.5})
     empty = tmp_path / "empty"
     write_rows(phantom_rows(dataset.parent / "phantom")[:1], empty, "train")

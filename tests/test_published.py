@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from echo_ray.cli import main
-from echo_ray.config import DecodeConfig, PromptConfig, load_config
+from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig, load_config
 from echo_ray.decode.generator import ReportGenerator, resolve_decode
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import load_checkpoint
@@ -48,7 +48,7 @@ def test_published_layout_loads_with_its_mask_id_and_no_resize(published, tiny_c
     assert c.block_size is None and c.name_block_size == 8 and c.trained_block_size == 8
     for a, b in zip(c.model.parameters(), ours.model.parameters()):
         assert torch.equal(a, b)
-    half = load_checkpoint(str(published), dtype="bfloat16", max_pixels=56 * 56, min_pixels=28 * 28)
+    half = load_checkpoint(str(published), ModelConfig(dtype="bfloat16", max_pixels=56 * 56, min_pixels=28 * 28))
     assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}  # stored float32, loaded as asked
     grid = half.image_processor(images=[Image.new("RGB", (400, 400))], return_tensors="pt")["image_grid_thw"]
     assert int(grid.prod()) * 14 * 14 <= 56 * 56  # model.max_pixels bounds the resized image
@@ -89,7 +89,7 @@ def test_weights_that_do_not_fit_the_stock_class_are_refused(published, tmp_path
 
 def test_block_size_order_metadata_flag_name(published, tmp_path, caplog) -> None:
     c = load_checkpoint(str(published))
-    with caplog.at_level(logging.INFO, logger="echo_ray.decode.generator"):
+    with caplog.at_level(logging.INFO, logger="echo_ray.decode.settings"):
         assert resolve_decode(c, DecodeConfig()).block_size == 8
     assert "using 8 from its name" in caplog.text
     assert resolve_decode(c, DecodeConfig(block_size=4)).block_size == 4  # the flag beats the name

@@ -1,4 +1,5 @@
-"""The report service over HTTP on local Ray: reports, streaming, continuous batching, back-pressure, bad input."""
+"""The report service (ingress + engine deployments) over HTTP on local Ray: reports, streaming, continuous
+batching, back-pressure, bad input."""
 
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def _together(calls) -> list:
 
 
 def _rows_per_step(url: str) -> dict[int, int]:
-    return {int(k): v for k, v in requests.get(url + "/v1/models", timeout=30).json()["batching"]["rows_per_step"].items()}
+    return {int(k): v for k, v in requests.get(url + "/v1/status", timeout=30).json()["batching"]["rows_per_step"].items()}
 
 
 def test_concurrent_clients_with_own_budgets_and_languages_share_steps(url):
@@ -193,7 +194,7 @@ def _bad_cases():
         ("bad base64", dict(json={"images": ["@@@not-base64@@@"]}), 400),
         ("malformed json", dict(data=b"{nope", headers={"content-type": "application/json"}), 400),
         ("body too large", dict(files=[("images", ("a.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 1_100_000, "image/png"))]), 413),
-        ("too many images", dict(files=[("images", (f"{i}.png", png, "image/png")) for i in range(5)]), 413),
+        ("too many images", dict(files=[("images", (f"{i}.png", png, "image/png")) for i in range(5)]), 422),
         ("too many pixels", dict(files=[("images", ("big.png", big, "image/png"))]), 413),
         ("gif image", dict(files=[("images", ("a.gif", gif, "image/gif"))]), 415),
         ("gif bytes as octet-stream", dict(files=[("images", ("a.bin", gif, "application/octet-stream"))]), 415),
@@ -225,9 +226,11 @@ def test_health_ready_models_openapi_and_no_auth(url):
     assert requests.get(url + "/healthz", timeout=30).json() == {"status": "ok"}
     ready = requests.get(url + "/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    models = requests.get(url + "/v1/models", timeout=30).json()
-    assert models["data"][0]["id"] == "echo_tiny" and models["data"][0]["block_size"] == 8
-    assert models["data"][0]["limits"]["max_pixels"] == LIMITS["max_pixels"]
+    models = requests.get(url + "/v1/models", timeout=30).json()  # OpenAI's list shape
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["echo_tiny"]
+    status = requests.get(url + "/v1/status", timeout=30).json()  # our figures
+    assert status["model"]["block_size"] == 8 and status["model"]["limits"]["max_pixels"] == LIMITS["max_pixels"]
+    assert status["batching"]["slots"] >= 1 and status["replica"]
     spec = requests.get(url + "/openapi.json", timeout=30).json()
     body = spec["paths"]["/v1/reports"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
@@ -265,7 +268,7 @@ def busy_url(ray_cluster):
 
 
 def _batching(url: str) -> dict:
-    return requests.get(url + "/v1/models", timeout=30).json()["batching"]
+    return requests.get(url + "/v1/status", timeout=30).json()["batching"]
 
 
 def _wait_for(check, what: str, timeout_s: float = 60.0) -> None:
@@ -304,6 +307,11 @@ def test_disconnect_frees_the_slot_and_a_full_queue_answers_429(busy_url):
         assert int(refused.headers["Retry-After"]) >= 1
         body = refused.json()
         assert body["status"] == 429 and "busy" in body["error"] and body["request_id"]
+    chat = {"model": "echo_tiny", "max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}}]}]}  # fmt: skip
+    refused = requests.post(busy_url + "/v1/chat/completions", json=chat, timeout=60)  # same 429 on OpenAI's route
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1, refused.text
+    assert refused.json()["error"]["type"] == "rate_limit_error" and "busy" in refused.json()["error"]["message"]
     a.close()  # client A leaves: its slot goes to the queued request
     waiter.join(60)
     assert queued and queued[0].status_code == 200, queued and queued[0].text
@@ -312,7 +320,7 @@ def test_disconnect_frees_the_slot_and_a_full_queue_answers_429(busy_url):
     b.close()
     _wait_for(lambda: _batching(busy_url)["slots_in_use"] == 0, "B's slot to be freed", 30)
     after = _batching(busy_url)
-    assert after["cancelled"] - base["cancelled"] == 2 and after["rejected"] - base["rejected"] == 2
+    assert after["cancelled"] - base["cancelled"] == 2 and after["rejected"] - base["rejected"] == 3
     assert after["finished"] - base["finished"] == 1  # only the queued request ran to its end
     assert after["steps"] - steps_at_close < 600, "B kept decoding long after its client left"
     ok = post(busy_url, [png], max_new_tokens=8)  # the queue drained: the next request is served

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_echo_ray_serve_runs_locally_with_bearer_auth(ray_cluster, tmp_path):
     parser = argparse.ArgumentParser(prog="echo-ray")
     add_serve_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["serve", "--model", str(tiny_checkpoint()), "--config", str(cfg), "--port",
-                              base.rsplit(":", 1)[1], "--num-cpus", "0.25", "--max-new-tokens", "8"])  # fmt: skip
+                              base.rsplit(":", 1)[1], "--num-cpus", "0.25", "--ingress-cpus", "0.25", "--max-new-tokens", "8"])  # fmt: skip
     assert args.func(args, wait=False) == 0 and args.func is run_serve
     try:
         wait_ready(base)  # app "echo" at route "/"
@@ -49,6 +50,14 @@ def test_echo_ray_serve_runs_locally_with_bearer_auth(ray_cluster, tmp_path):
         ok = report(auth)
         assert ok.status_code == 200 and ok.json()["tokens"] == 8, ok.text
         assert requests.get(f"{base}/v1/models", headers=auth, timeout=10).status_code == 200
+        chat = {"model": Path(str(tiny_checkpoint())).name, "max_tokens": 8, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}}]}]}  # fmt: skip
+        denied = requests.post(f"{base}/v1/chat/completions", json=chat, timeout=60)  # same auth, OpenAI's error shape
+        assert denied.status_code == 401 and denied.json()["error"]["type"] == "authentication_error"
+        import openai
+
+        reply = openai.OpenAI(base_url=f"{base}/v1", api_key=TOKEN, max_retries=0).chat.completions.create(**chat)
+        assert reply.choices[0].message.content == ok.json()["text"] and reply.usage.completion_tokens == 8
         assert requests.get(f"{base}/healthz", timeout=10).status_code == 200  # probes need no token
         spec = requests.get(f"{base}/openapi.json", timeout=10).json()
         assert spec["paths"]["/v1/reports"]["post"]["security"] == [{"bearerAuth": []}]

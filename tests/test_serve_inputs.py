@@ -1,17 +1,15 @@
-"""Request parsing, batch decoding and SSE framing of the report service, without Ray."""
+"""Request parsing, the row factory and SSE framing of the report service, without Ray."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import time
 
 import pytest
 from PIL import Image
-from serve_support import MAX_NEW_TOKENS, local_generator, phantom_pngs
+from serve_support import MAX_NEW_TOKENS, local_generator, phantom_pngs, tiny_checkpoint
 from starlette.datastructures import Headers
 
-from echo_ray.serve.batching import BatchStats, DecodeJob, decode_jobs, group_jobs
 from echo_ray.serve.inputs import Limits, check_image, decode_images, parse_body, read_body, sniff
 from echo_ray.serve.schemas import ApiError
 from echo_ray.serve.sse import parse_sse, sse_event
@@ -72,41 +70,29 @@ def test_parse_json_and_form_fields():
     bad = json.dumps({"images": [base64.b64encode(_png()).decode()], "max_new_tokens": 65}).encode()
     assert _status(parse_report_request, Headers({"content-type": "application/json"}), bad, LIMITS) == 422
     many = json.dumps({"images": ["AAAA"] * 5}).encode()
-    assert _status(parse_report_request, Headers({"content-type": "application/json"}), many, LIMITS) == 413
+    assert _status(parse_report_request, Headers({"content-type": "application/json"}), many, LIMITS) == 422
     assert _status(parse_report_request, Headers({"content-type": "application/json"}), b"[1]", LIMITS) == 422
 
 
-def _job(path_index: int, mode: str = "onestep", deadline: float | None = None, n_images: int = 1) -> DecodeJob:
-    img = Image.open(phantom_pngs()[path_index]).convert("RGB")
-    return DecodeJob([img] * n_images, "en", mode, MAX_NEW_TOKENS, deadline or time.monotonic() + 60)
+def test_row_factory_builds_the_generators_rows_and_refuses_what_cannot_fit():
+    """The ingress's rows (RowFactory from a weightless ModelSide) equal the local decoder's prompts."""
+    import torch
 
+    from echo_ray.decode.rows import ModelSide, RowFactory
+    from echo_ray.errors import InputError
 
-def test_decode_jobs_groups_by_key_and_keeps_caller_order():
     gen = local_generator()
-    jobs = [_job(0), _job(1, mode="ar"), _job(2), _job(3)]
-    assert [sorted(v) for v in group_jobs(jobs).values()] == [[0, 2, 3], [1]]
-    outcomes = decode_jobs(gen, jobs, timeout_s=60)
-    for job, out in zip(jobs, outcomes):
-        ref = gen.generate([job.images], "en", mode=job.mode)[0]
-        assert out.error is None and out.report.tokens == ref.tokens
-    assert [o.batch_size for o in outcomes] == [3, 1, 3, 3]
-    stats = BatchStats()
-    stats.record(len(jobs), [len(v) for v in group_jobs(jobs).values()])
-    assert stats.as_dict()["max_batch_size_seen"] == 4 and stats.as_dict()["decoder_call_sizes"] == {"1": 1, "3": 1}
-
-
-def test_deadline_gives_503_and_a_bad_row_does_not_sink_its_batch():
-    gen = local_generator()
-    late = _job(0, deadline=time.monotonic() - 1)
-    assert decode_jobs(gen, [late], timeout_s=0.5)[0].error.status == 503
-    # Same key, but the 4-image prompt plus this budget overflows the model context: only that row fails.
-    limit = min(gen.max_context, gen.cfg.slots.max_len)  # the engine's slots are the tighter bound
-    budget = limit - gen.prompts([late.images * 4], "en")[0].length + 1
-    ok = DecodeJob(late.images, "en", "onestep", budget, time.monotonic() - 1)
-    too_long = DecodeJob(late.images * 4, "en", "onestep", budget, time.monotonic() + 60)
-    outs = decode_jobs(gen, [ok, too_long], timeout_s=0.5)
-    assert outs[0].error.status == 503  # it was decoded (then stopped by its deadline), not refused
-    assert outs[1].error.status == 422 and "context" in outs[1].error.message
+    rows = RowFactory(ModelSide.load(str(tiny_checkpoint())), gen.cfg, gen.prompt_cfg)
+    img = [Image.open(phantom_pngs()[0]).convert("RGB")]
+    row = rows.row(img, "zh", "multistep", MAX_NEW_TOKENS, steps=4, tag="r")
+    (ref,) = gen.prompts([img], "zh")
+    assert torch.equal(row.prompt.input_ids, ref.input_ids) and torch.equal(row.prompt.pixel_values, ref.pixel_values)
+    assert (row.mode.kind, row.mode.steps, row.max_new_tokens, row.tag) == ("multistep", 4, MAX_NEW_TOKENS, "r")
+    limit = min(gen.max_context, gen.cfg.slots.max_len)
+    with pytest.raises(InputError, match="context"):
+        rows.row(img * 4, "en", "onestep", limit)
+    with pytest.raises(InputError, match="steps"):
+        rows.row(img, "en", "onestep", 8, steps=3)  # one-step decoding has no steps to choose
 
 
 def test_sse_roundtrip():

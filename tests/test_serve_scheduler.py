@@ -12,7 +12,7 @@ from serve_support import local_generator, phantom_pngs
 
 from echo_ray.decode.engine import DecodeEngine, RowMode, RowRequest
 from echo_ray.decode.generator import resolve_decode
-from echo_ray.serve.scheduler import BlockUpdate, Failure, QueueFull, Scheduler
+from echo_ray.decode.scheduler import BlockUpdate, Failure, QueueFull, Scheduler
 
 pytestmark = pytest.mark.timeout(300)
 

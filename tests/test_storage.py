@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from echo_ray import storage
+from echo_ray.data.images import read_image  # bytes through storage, decoded in data/images
 from echo_ray.errors import InputError
 
 
@@ -36,9 +37,9 @@ def test_local_roundtrip_is_atomic_and_listed(tmp_path):
     with pytest.raises(InputError, match="cannot read image .*missing.png"):
         storage.read_bytes(str(tmp_path / "missing.png"), "image")
     with pytest.raises(InputError, match="image file not found"):
-        storage.read_image(str(tmp_path / "missing.png"))
+        read_image(str(tmp_path / "missing.png"))
     (tmp_path / "x.png").write_bytes(_png())
-    assert storage.read_image(str(tmp_path / "x.png")).mode == "RGB"
+    assert read_image(str(tmp_path / "x.png")).mode == "RGB"
 
 
 def test_s3_roundtrip_and_image(moto_s3, tmp_path):
@@ -48,9 +49,9 @@ def test_s3_roundtrip_and_image(moto_s3, tmp_path):
     assert storage.read_text("s3://store-test/t/a.txt") == "hello"
     assert storage.list_files("s3://store-test/t", ".txt") == ["s3://store-test/t/a.txt"]
     assert storage.exists("s3://store-test/t/a.txt") and not storage.exists("s3://store-test/t/b.txt")
-    assert storage.read_image("s3://store-test/img/PA.png").size == (12, 10)
+    assert read_image("s3://store-test/img/PA.png").size == (12, 10)
     with pytest.raises(InputError, match="cannot read image s3://store-test/img/none.png"):
-        storage.read_image("s3://store-test/img/none.png")
+        read_image("s3://store-test/img/none.png")
     local = storage.resolve_local("s3://store-test/t", cache_dir=tmp_path / "cache")
     assert (local / "a.txt").read_text() == "hello"
 

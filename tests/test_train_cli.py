@@ -17,4 +17,4 @@ def test_echo_ray_train_reports_bad_input(capsys, tmp_path):
 def test_job_script_reports_bad_config(capsys, tmp_path):
     rc = job_main("rad", ["--set", "train.rad.max_steps=0", "--raw"])
     assert rc == 2
-    assert capsys.readouterr().err.strip() == "train rad: error: train.rad.max_steps must be positive, got 0"
+    assert capsys.readouterr().err.strip() == "train rad: error: 'train.rad.max_steps': input should be greater than 0, got 0"

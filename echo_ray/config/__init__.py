@@ -1,7 +1,8 @@
 """Typed configuration tree for every echo_ray stage, loaded from YAML in one place.
 
 Each component receives the narrowest sub-config it needs (e.g. the decoder gets `DecodeConfig`).
-Unknown keys are an error that names the key path, so a typo never silently falls back to a
+The sections are stdlib dataclasses validated by pydantic (`config/section.py`): unknown keys and
+out-of-range values are an error that names the key path, so a typo never silently falls back to a
 default. The resolved tree is written next to every output (`save_config`). The sections live in
 `config/inference.py` (model, prompt, decode, eval, serve) and `config/training.py` (phantom corpus,
 normalization, the training stages); this module assembles the tree, loads YAML and applies presets.
@@ -13,17 +14,15 @@ Usage:
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from echo_ray.config.inference import (DecodeConfig, EvalConfig, EvalRow, ModelConfig, PromptConfig, ServeConfig,
                                        SlotsConfig, TinyModelConfig)
+from echo_ray.config.section import Section, check_section, dump, validate
 from echo_ray.config.training import (CptConfig, DcdConfig, DcdLossConfig, DcdTeacherConfig, DedupConfig,
                                       DistributedConfig, EngineConfig, NoiseConfig, NormalizeConfig, OptimConfig,
                                       PhantomConfig, RadConfig, SourceSpec, SplitConfig, StageConfig, TrainConfig)
@@ -34,7 +33,7 @@ __all__ = [
     "DedupConfig", "DistributedConfig", "EchoConfig", "EngineConfig", "EvalConfig", "EvalRow", "ModelConfig",
     "NoiseConfig", "NormalizeConfig", "OptimConfig", "PhantomConfig", "PromptConfig", "RadConfig", "ServeConfig",
     "SlotsConfig", "SourceSpec", "SplitConfig", "StageConfig", "StorageConfig", "TinyModelConfig", "TrainConfig",
-    "from_dict", "load_config", "save_config", "to_dict",
+    "check_section", "from_dict", "load_config", "save_config", "to_dict",
 ]  # fmt: skip
 
 CONFIG_FILENAME = "echo_config.yaml"
@@ -60,14 +59,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class StorageConfig:
+class StorageConfig(Section):
     # Absolute directory or s3:// prefix that every stage shares: relative data/output paths resolve
-    # against it. Required for relative paths under a Ray job (see echo_ray/storage.py).
+    # against it. Required for relative paths under a Ray job (see echo_ray/config/paths.py).
     root: str = ""
 
 
 @dataclass
-class EchoConfig:
+class EchoConfig(Section):
     """The whole tree; YAML files set any subset of it."""
 
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -79,72 +78,6 @@ class EchoConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    """Check and convert one YAML value to the annotated type `tp`; `key` names it in errors."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"'{key}' must be a list, got {type(value).__name__}")
-        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"'{key}' must be a list of {len(args)} values")
-        return tuple(_convert(a, v, key) for a, v in zip(args, value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool) and not (
-        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"'{key}' must be {tp.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
-    """Build dataclass `cls` from `data`, rejecting unknown keys by their full dotted path.
-
-    Keys absent from `data` keep the values of `base` (default: `cls()`), so a YAML that sets one
-    key of a section keeps that section's own defaults (e.g. `train.dcd.split` stays "dcd").
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in data:
-        if k not in names:
-            path = f"{prefix}.{k}" if prefix else str(k)
-            raise ConfigError(f"unknown config key '{path}' (valid here: {', '.join(sorted(names))})")
-    base = cls() if base is None else base
-    kwargs = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else k
-        current = getattr(base, k)
-        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) and dataclasses.is_dataclass(current):
-            kwargs[k] = from_dict(hints[k], v, prefix=key, base=current)
-        else:
-            kwargs[k] = _convert(hints[k], v, key)
-    out = dataclasses.replace(base, **kwargs)
-    check = getattr(out, "check", None)
-    if check is not None:  # range checks of a section, where it is loaded, naming its dotted key
-        check(prefix or cls.__name__)
-    return out
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -202,19 +135,9 @@ def _apply_preset(data: dict[str, Any]) -> None:
             _set_dotted(data, key, value)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-data view of a config (tuples become lists so YAML stays portable)."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [clean(x) for x in v]
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        return v
-
-    return clean(dataclasses.asdict(cfg))
+# The names the package calls: plain data -> checked dataclass (errors name the dotted key), and back.
+from_dict = validate
+to_dict = dump
 
 
 def save_config(cfg: Any, out_dir: str | Path, name: str = CONFIG_FILENAME, section: str = "") -> Path | str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from echo_ray.errors import ConfigError
+from pydantic import NonNegativeInt, PositiveInt
+
+from echo_ray.config.section import Section
 
 
 @dataclass
-class TinyModelConfig:
+class TinyModelConfig(Section):
     """Shape of the randomly initialized tiny Qwen2.5-VL (CPU preset)."""
 
     vocab_size: int = 4096
@@ -28,12 +30,12 @@ class TinyModelConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Where the model comes from and how it decodes."""
 
     path: str = ""  # local directory or s3://bucket/prefix; empty with preset=tiny builds one
     preset: Literal["tiny", "pretrained"] = "tiny"
-    block_size: int = 8
+    block_size: PositiveInt = 8
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     cache_dir: str = "~/.cache/echo_ray/models"
@@ -44,7 +46,7 @@ class ModelConfig:
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(Section):
     """Instruction text and limits for one study's prompt."""
 
     max_images: int = 4
@@ -56,10 +58,10 @@ class PromptConfig:
 
 
 @dataclass
-class SlotsConfig:
+class SlotsConfig(Section):
     """The static decode engine's preallocated row slots (echo_ray.decode.engine)."""
 
-    max_rows: int = 16  # row slots: rows decoded at once (more wait or are refused)
+    max_rows: PositiveInt = 16  # row slots: rows decoded at once (more wait or are refused)
     max_len: int = 2048  # positions per slot: prompt + max_new_tokens must fit
     cuda_graphs: bool = True  # capture each step per batch bucket (CUDA only; CPU runs eager)
     compile: bool = False  # torch.compile the step forward
@@ -67,7 +69,7 @@ class SlotsConfig:
 
 
 @dataclass
-class DecodeConfig:
+class DecodeConfig(Section):
     """Decoder choice; block_size None means the checkpoint's own.
 
     `schedule` (multistep): "confidence" (echo_ray's own; static `steps` or dynamic `threshold`) or
@@ -90,7 +92,7 @@ class DecodeConfig:
 
 
 @dataclass
-class EvalRow:
+class EvalRow(Section):
     """One row of the evaluation table: a checkpoint decoded one way (unset fields: eval/decode)."""
 
     name: str = ""  # table label; empty = "<checkpoint folder> <mode> B=<block size>"
@@ -103,7 +105,7 @@ class EvalRow:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     model: str = ""
     data: str = ""
     split: str = "eval"
@@ -131,16 +133,12 @@ class EvalConfig:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(Section):
     model: str = ""
-    # continuous: one scheduler per replica admits requests into engine slots at every block edge
-    # (decode.slots.max_rows rows); static: the old @serve.batch path (the benchmark's baseline).
-    batching: Literal["continuous", "static"] = "continuous"
-    max_queue: int = 64  # continuous: requests waiting for a slot per replica; beyond it 429 + Retry-After
-    max_batch_size: int = 8  # static only
-    batch_wait_timeout_s: float = 0.02  # static only
+    # One scheduler per engine replica admits requests into its decode.slots.max_rows slots at every block edge.
+    max_queue: NonNegativeInt = 64  # requests waiting for a slot per replica; beyond it 429 + Retry-After
     max_body_bytes: int = 20_000_000
-    max_images: int = 4
+    max_images: PositiveInt = 4
     max_pixels: int = 40_000_000
     decode_timeout_s: float = 60.0
     auth_token_env: str = "ECHO_API_TOKEN"  # replica-process env var holding the bearer token; unset = no auth
@@ -150,16 +148,7 @@ class ServeConfig:
     body_timeout_max_s: float = 60.0
     max_request_pixels: int = 100_000_000  # all images of one request together (413 above)
     max_replica_pixels: int = 200_000_000  # images being decoded at once in one replica; the rest wait
-    max_new_tokens_limit: int = 512  # largest max_new_tokens a request may ask for (422 above)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when the replica has a GPU
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    # Image processor bounds (pixels) like model.max_pixels / min_pixels; None = model.*, else the checkpoint's
-    image_max_pixels: Optional[int] = None
-    image_min_pixels: Optional[int] = None
-
-    def check(self, where: str) -> None:
-        for name in ("max_batch_size", "max_images", "max_new_tokens_limit"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_queue < 0:
-            raise ConfigError(f"{where}.max_queue must be >= 0, got {self.max_queue}")
+    max_new_tokens_limit: PositiveInt = 512  # largest max_new_tokens a request may ask for (422 above)
+    # auto = cuda when the replica has a GPU (echo_ray.model.checkpoint.resolve_device). How the model
+    # loads (dtype, attention, cache, image bounds) is the `model` section, in Serve's args `model_config`.
+    device: Literal["auto", "cpu", "cuda"] = "auto"

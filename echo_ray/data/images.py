@@ -4,7 +4,7 @@ DICOM is read with pydicom (MONOCHROME1 inverted, windowed to 8 bit). Everything
 through Pillow, which verifies the file before decoding it fully.
 
 Usage:
-    img = load_image("study/PA.png")        # PIL.Image.Image, mode RGB
+    img = read_image("study/PA.png")        # PIL.Image.Image, mode RGB (also s3://bucket/PA.png)
     img = image_from_bytes(raw, name="upload.dcm")
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from echo_ray.errors import InputError
+from echo_ray.storage import is_s3, read_bytes
 
 DICOM_MAGIC_OFFSET = 128
 
@@ -91,9 +92,14 @@ def image_from_bytes(data: bytes, name: str = "<upload>", max_pixels: int | None
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Read an image file from disk (PNG/JPEG/DICOM) as RGB."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"image file not found: {p}")
-    return image_from_bytes(p.read_bytes(), name=str(p), max_pixels=max_pixels)
+def read_image(uri: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """A local or s3:// image (PNG/JPEG/DICOM) as RGB; InputError naming it otherwise.
+
+    The one image reader of training, evaluation and file inputs: bytes come from echo_ray.storage.
+    """
+    if not is_s3(uri) and not Path(uri).expanduser().is_file():
+        raise InputError(f"image file not found: {uri}")
+    return image_from_bytes(read_bytes(str(uri), "image"), name=str(uri), max_pixels=max_pixels)
+
+
+load_image = read_image  # the name the generate command and older callers use

@@ -7,12 +7,9 @@ header, anonymization blanks, or a dictation footer. The normalization stage has
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from echo_ray.data.phantom import PhantomStudy
+from echo_ray.data.phantom_study import PhantomStudy
 
 _EXAMS = ("CHEST (PA AND LAT)", "CHEST (PORTABLE AP)", "CHEST PA AND LATERAL", "Chest, 2 views")
 _INDICATIONS = (
@@ -25,7 +22,7 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _positive_sentences(s: "PhantomStudy", rng: np.random.Generator) -> list[tuple[str, str]]:
+def _positive_sentences(s: PhantomStudy, rng: np.random.Generator) -> list[tuple[str, str]]:
     """(findings sentence, impression phrase) for every positive finding."""
     out = []
     if s.cardiomegaly:
@@ -58,7 +55,7 @@ def _positive_sentences(s: "PhantomStudy", rng: np.random.Generator) -> list[tup
     return out
 
 
-def _negative_sentences(s: "PhantomStudy", rng: np.random.Generator) -> list[str]:
+def _negative_sentences(s: PhantomStudy, rng: np.random.Generator) -> list[str]:
     negs = []
     if not s.cardiomegaly:
         negs.append(_pick(rng, ("Heart size is normal.", "The cardiac silhouette is within normal limits.",
@@ -77,7 +74,7 @@ def _negative_sentences(s: "PhantomStudy", rng: np.random.Generator) -> list[str
     return [n for n in negs if rng.random() < 0.85]
 
 
-def write_report_text(s: "PhantomStudy", rng: np.random.Generator) -> str:
+def write_report_text(s: PhantomStudy, rng: np.random.Generator) -> str:
     """Render one raw report for `s`."""
     pos = _positive_sentences(s, rng)
     sentences = [p[0] for p in pos] + _negative_sentences(s, rng)

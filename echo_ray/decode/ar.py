@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from echo_ray.decode.batch import PromptBatch
-from echo_ray.decode.blockwise import BlockEvent, DecodeStats
+from echo_ray.decode.events import BlockEvent, DecodeStats
 from echo_ray.decode.kv_cache import BlockKVCache
 from echo_ray.model.forward import embed
 

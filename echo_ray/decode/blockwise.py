@@ -25,40 +25,12 @@ from dataclasses import dataclass, field
 import torch
 
 from echo_ray.decode.batch import PromptBatch
+from echo_ray.decode.events import BlockEvent, BlockTrace, DecodeStats
 from echo_ray.decode.kv_cache import BlockKVCache
 from echo_ray.model.forward import embed, lm_logits
 from echo_ray.model.masks import two_stream_mask
 
 CACHE_MODES = ("fused", "vanilla", "none")
-
-
-@dataclass
-class DecodeStats:
-    forwards: int = 0
-    prefill_forwards: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-
-
-@dataclass
-class BlockTrace:
-    """What the sampler did inside one block (DCD trajectories). All (N, B) except top-k (N, B, K)."""
-
-    tokens: torch.Tensor
-    fixed: torch.Tensor
-    commit_step: torch.Tensor  # 1-based step of commit; 0 on fixed prompt-tail slots
-    topk_ids: torch.Tensor | None = None
-    topk_logprobs: torch.Tensor | None = None
-
-
-@dataclass
-class BlockEvent:
-    index: int
-    tokens: list[list[int]]  # new response tokens per row (EOS and beyond cut)
-    finished: list[bool]
-    hit_max: list[bool]
-    steps: int
-    trace: BlockTrace | None = None
 
 
 @dataclass

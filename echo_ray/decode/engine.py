@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import torch
 
 from echo_ray.config import SlotsConfig
-from echo_ray.decode.blockwise import BlockTrace
 from echo_ray.decode.engine_modes import RowMode, make_sampler, planned_steps
+from echo_ray.decode.events import BlockTrace
 from echo_ray.decode.samplers import OneStepSampler
 from echo_ray.decode.slots import MAX_BLOCK, RowState, SlotTable
 from echo_ray.decode.step_runner import StepRunner

@@ -1,7 +1,8 @@
 """Run a list of prompts through a DecodeEngine and report batch-level `BlockEvent`s like BlockDecoder.
 
-The adapter behind `ReportGenerator` (decode.engine: static) and the DCD teacher: it admits the
-rows (as many as there are free slots; the rest are admitted as rows finish), steps the engine
+The adapter behind `ReportGenerator` (decode.engine: static) and the DCD teacher: it submits the
+rows to a `Scheduler` (decode/scheduler.py, the engine's one driver, here run synchronously: as
+many rows as there are free slots are admitted, the rest as rows finish), steps it
 until all of them have finished and turns each step's per-row events into one `BlockEvent` over
 all rows (rows not in that step get no tokens). Traces (record_topk / multi-step) are stacked into
 (N, B) tensors as BlockDecoder records them; they need every row admitted at once. Leaving the
@@ -15,12 +16,15 @@ Usage:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
 
-from echo_ray.decode.blockwise import BlockEvent, BlockTrace, DecodeStats
 from echo_ray.decode.engine import DecodeEngine, RowEvent, RowMode, RowRequest
+from echo_ray.decode.events import BlockEvent, BlockTrace, DecodeStats
+from echo_ray.decode.scheduler import BlockUpdate, Failure, Scheduler, Update
+from echo_ray.errors import InputError
 from echo_ray.model.prompt import StudyPrompt
 
 
@@ -43,7 +47,6 @@ class EngineBatch:
                              f"{engine.cfg.max_rows}")  # fmt: skip
         self.stats = DecodeStats()
         self.forwards = [0] * n
-        self._running: set[int] = set()
 
     @staticmethod
     def needs_all_rows(mode: RowMode) -> bool:
@@ -53,23 +56,25 @@ class EngineBatch:
     def events(self) -> Iterator[BlockEvent]:
         eng, n = self.engine, len(self.requests)
         f0, p0, d0 = eng.stats.forwards, eng.stats.prefill_s, eng.stats.decode_s
-        queue = list(range(n))
+        sched = Scheduler(eng, max_queue=n)  # the engine's one driver; here run synchronously
+        got: list[Update] = []
+        tickets = [sched.submit(req, got.append, deadline=math.inf) for req in self.requests]
         done, hit = [False] * n, [False] * n
         index = 0
         try:
-            while not all(done):
-                if queue and eng.free_slots:
-                    take, queue = queue[: eng.free_slots], queue[eng.free_slots :]
-                    self._running.update(eng.admit([self.requests[i] for i in take]))
-                mine = [ev for ev in eng.step() if ev.row in self._running]
+            while sched.busy:
+                got.clear()
+                sched.run_once()
+                for u in got:
+                    if isinstance(u, Failure):  # every row was checked above: a refusal here is a bug
+                        raise (InputError if u.reason == "invalid" else RuntimeError)(u.message)
+                mine = [u.event for u in got if isinstance(u, BlockUpdate)]
                 tokens: list[list[int]] = [[] for _ in range(n)]
                 for ev in mine:
                     tokens[ev.tag] = ev.tokens
                     done[ev.tag] |= ev.finished
                     hit[ev.tag] |= ev.hit_max
                     self.forwards[ev.tag] = ev.forwards
-                    if ev.finished:
-                        self._running.discard(ev.row)
                 self.stats.forwards = eng.stats.forwards - f0
                 self.stats.prefill_s, self.stats.decode_s = eng.stats.prefill_s - p0, eng.stats.decode_s - d0
                 if not mine:
@@ -78,10 +83,10 @@ class EngineBatch:
                 trace = self._stack(mine, n) if self.traced else None
                 yield BlockEvent(index, tokens, list(done), list(hit), steps, trace)
                 index += 1
-        finally:
-            for row in sorted(self._running):
-                eng.cancel(row)
-            self._running.clear()
+        finally:  # left early (or failed): the rows still queued or running give their slots back
+            for t in tickets:
+                sched.cancel(t)
+            sched.retire()
 
     def _stack(self, mine: list[RowEvent], n: int) -> BlockTrace:
         """(N, B) trace tensors; rows not in this step are all-fixed zeros (records skip them)."""

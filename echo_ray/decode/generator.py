@@ -1,7 +1,8 @@
-"""ReportGenerator: the pure decoder class behind the CLI, evaluation and the Serve deployment.
+"""ReportGenerator: the pure decoder class behind the CLI and evaluation.
 
 It validates a request before any compute (block size vs. the checkpoint's, S <= B, images present,
-prompt + max_new_tokens within the model context), builds the prompts, and decodes them on the
+prompt + max_new_tokens within the model context) and builds the prompts, both through the row
+factory the serving ingress uses too (`rows.py`), and decodes them on the
 static-slot `DecodeEngine` (`decode.engine: static`, the default; one engine per generator, its
 K/V slots allocated on first use) or on the reference decoders (`decode.engine: reference`, and
 always for `cache: none`, the no-cache recompute check). It returns parsed reports with forward
@@ -26,14 +27,15 @@ from PIL import Image
 from echo_ray.config import DecodeConfig, PromptConfig
 from echo_ray.decode.ar import ARDecoder
 from echo_ray.decode.batch import PromptBatch, collate_prompts
-from echo_ray.decode.blockwise import BlockDecoder, BlockEvent
+from echo_ray.decode.blockwise import BlockDecoder
+from echo_ray.decode.events import BlockEvent
 from echo_ray.decode.engine import DecodeEngine, RowMode
 from echo_ray.decode.engine_batch import EngineBatch
+from echo_ray.decode.rows import ModelSide, RowFactory
 from echo_ray.decode.samplers import ConfidenceSampler, OneStepSampler, QuotaSampler
-from echo_ray.errors import InputError
+from echo_ray.decode.settings import resolve_decode  # noqa: F401 (re-exported: callers import it from here)
 from echo_ray.model.checkpoint import Checkpoint
-from echo_ray.model.published import missing_mask_message
-from echo_ray.model.prompt import StudyPrompt, build_prompt
+from echo_ray.model.prompt import StudyPrompt
 from echo_ray.report import parse_report
 
 log = logging.getLogger(__name__)
@@ -64,64 +66,6 @@ class GeneratedReport:
         parsed = parse_report(text)
         return cls(text=text, findings=parsed.findings, impression=parsed.impression, complete=parsed.complete,
                    tokens=list(tokens), **fields)  # fmt: skip
-
-
-def resolve_block_size(ckpt: Checkpoint, cfg: DecodeConfig, override_block: bool) -> int:
-    """Block size: the checkpoint's metadata, else `cfg.block_size`, else its `_block4/8` name."""
-    trained = ckpt.block_size
-    named = getattr(ckpt, "name_block_size", None)
-    if trained is None and cfg.block_size is None and named is not None:
-        log.info("checkpoint %s records no block size; using %d from its name", ckpt.path, named)
-        return named
-    block = cfg.block_size or trained
-    if block is None:
-        raise InputError(f"checkpoint {ckpt.path} records no block size; pass --block-size (or decode.block_size)")
-    if block < 1:
-        raise InputError(f"block size must be >= 1, got {block}")
-    if trained is not None and block != trained and not override_block:
-        raise InputError(
-            f"block size {block} differs from the checkpoint's trained block size {trained} "
-            "(pass --override-block-size to decode with it anyway)"
-        )
-    return block
-
-
-def _ignored_steps(cfg: DecodeConfig) -> str:
-    """Why `cfg.steps` would have no effect ('' when it is used)."""
-    if cfg.steps is None:
-        return ""
-    if cfg.mode == "ar":
-        return "the AR decoder has no steps"
-    if cfg.mode == "onestep":
-        return "" if cfg.steps == 1 else "one-step decoding takes exactly one step per block"
-    if cfg.schedule == "confidence" and cfg.threshold is not None:
-        return "the dynamic confidence schedule (threshold set) ignores steps; use schedule 'quota' for both"
-    return ""
-
-
-def resolve_decode(ckpt: Checkpoint, cfg: DecodeConfig, override_block: bool = False) -> DecodeConfig:
-    """Fill the block size from the checkpoint and check the combination; errors before compute.
-
-    A `steps` value the chosen mode / schedule would ignore is refused, never dropped.
-    """
-    why = _ignored_steps(cfg)
-    if why:
-        raise InputError(f"steps={cfg.steps} given but {why} (mode {cfg.mode}, schedule {cfg.schedule})")
-    if cfg.mode == "ar":
-        return replace(cfg, block_size=cfg.block_size or 1)
-    if ckpt.mask_id is None:
-        raise InputError(missing_mask_message(ckpt.path))
-    block = resolve_block_size(ckpt, cfg, override_block)
-    steps = None
-    if cfg.mode == "multistep" and (cfg.threshold is None or cfg.schedule == "quota"):
-        steps = cfg.steps or block
-        if steps > block:
-            raise InputError(f"steps per block S={steps} exceeds the block size B={block}")
-        if steps < 1:
-            raise InputError(f"steps per block S={steps} must be >= 1")
-    if cfg.threshold is not None and not 0.0 < cfg.threshold <= 1.0:
-        raise InputError(f"threshold tau={cfg.threshold} must be in (0, 1]")
-    return replace(cfg, block_size=block, steps=steps)
 
 
 def make_sampler(cfg: DecodeConfig):
@@ -186,9 +130,10 @@ class ReportGenerator:
 
     def __init__(self, ckpt: Checkpoint, decode: DecodeConfig, prompt: PromptConfig, override_block: bool = False):
         self.ckpt, self.prompt_cfg, self.override_block = ckpt, prompt, override_block
-        self.cfg = resolve_decode(ckpt, decode, override_block)
+        self.rows = RowFactory(ModelSide.of(ckpt), decode, prompt, override_block)  # prompts and their checks
+        self.cfg = self.rows.cfg
         self.tokenizer = ckpt.tokenizer
-        self.max_context = int(ckpt.model.config.get_text_config().max_position_embeddings)
+        self.max_context = self.rows.side.max_context
         self._engine: DecodeEngine | None = None
 
     @property
@@ -200,9 +145,7 @@ class ReportGenerator:
         return self._engine
 
     def prompts(self, studies: list[list[Image.Image]], language: str) -> list[StudyPrompt]:
-        if not studies:
-            raise InputError("no studies to decode")
-        return [build_prompt(self.tokenizer, self.ckpt.image_processor, imgs, language, self.prompt_cfg) for imgs in studies]
+        return self.rows.prompts(studies, language)
 
     def _decoder(self, cfg: DecodeConfig):
         m, c = self.ckpt.model, self.ckpt
@@ -212,18 +155,11 @@ class ReportGenerator:
 
     def check_fits(self, prompt_len: int, max_new_tokens: int, cfg: DecodeConfig) -> None:
         """Refuse prompt + budget beyond the model context, or the engine's slots when it decodes."""
-        on_engine = cfg.engine == "static" and cfg.cache != "none"
-        limit = min(self.max_context, cfg.slots.max_len) if on_engine else self.max_context
-        if prompt_len + max_new_tokens > limit:
-            where = "the model context" if limit == self.max_context else "the decode engine's slot context"
-            raise InputError(
-                f"prompt of {prompt_len} tokens + max_new_tokens {max_new_tokens} exceeds {where} of {limit} "
-                f"tokens (model context {self.max_context}, decode.slots.max_len {cfg.slots.max_len})"
-            )
+        self.rows.check_fits(prompt_len, max_new_tokens, cfg)
 
     def _settings(self, overrides: dict) -> DecodeConfig:
         """The generator's decode settings with per-call overrides applied and resolved."""
-        return resolve_decode(self.ckpt, replace(self.cfg, **overrides), self.override_block) if overrides else self.cfg
+        return self.rows.settings(**overrides)
 
     def stream(self, studies: list[list[Image.Image]], language: str | None = None, **overrides) -> Generation:
         """Start decoding; overrides are DecodeConfig fields (mode, max_new_tokens, cache, ...)."""

@@ -32,12 +32,13 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from echo_ray.model.checkpoint import resolve_device
         from echo_ray.storage import resolve_local
 
         self.cfg = cfg
         path = resolve_local(cfg.model_path)
-        use_gpu = cfg.num_gpus_per_actor > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.device = resolve_device("auto" if cfg.num_gpus_per_actor > 0 else "cpu")
+        use_gpu = self.device.type == "cuda"
         self.tok = AutoTokenizer.from_pretrained(str(path))
         self.tok.padding_side = "left"
         self.tok.truncation_side = "left"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from echo_ray.commands import add_config_args, add_preset_arg, config_from_args
 from echo_ray.config import EchoConfig, EvalRow
+from echo_ray.config.args import add_config_args, add_preset_arg, config_from_args
 from echo_ray.errors import InputError
 from echo_ray.storage import shown_path
 

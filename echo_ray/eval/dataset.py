@@ -18,42 +18,21 @@ Usage:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from PIL import Image
 
+from echo_ray.data.images import read_image
 from echo_ray.errors import InputError
+from echo_ray.eval.split import EvalSplit, EvalStudy
 from echo_ray.eval.testset_json import is_json_testset, load_json_testset
 from echo_ray.report import parse_report
-from echo_ray.storage import is_s3, join, list_files, read_image, read_parquet
+from echo_ray.storage import is_s3, join, list_files, read_parquet
 
 COLUMNS = ("study_id", "source", "language", "report", "images")
 SPLITS = ("train", "eval", "dcd")
 _SHOW = 3  # ids named in an error message
 
-
-@dataclass(frozen=True)
-class EvalStudy:
-    study_id: str
-    source: str
-    language: str
-    reference: str  # the serialized report ("Findings: ... Impression: ...")
-    image_paths: tuple[str, ...]
-
-
-@dataclass
-class EvalSplit:
-    data: str
-    split: str
-    language: str
-    studies: list[EvalStudy]
-    rows_in_split: int  # all languages
-    rows_in_language: int  # before the max_reports cap
-    languages: dict[str, int] = field(default_factory=dict)  # rows per language in the split
-
-    @property
-    def references(self) -> list[str]:
-        return [s.reference for s in self.studies]
+__all__ = ["COLUMNS", "SPLITS", "EvalSplit", "EvalStudy", "load_eval_split", "load_study_images"]
 
 
 def _named(ids: list[str]) -> str:

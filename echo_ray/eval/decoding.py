@@ -22,29 +22,14 @@ from typing import Any
 from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig
 from echo_ray.decode.generator import GeneratedReport, ReportGenerator
 from echo_ray.eval.dataset import EvalStudy, load_study_images
-from echo_ray.model.checkpoint import Checkpoint, load_checkpoint
-
-
-def pick_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(model: str, model_cfg: ModelConfig, device: str = "auto") -> Checkpoint:
-    """Load a checkpoint (local dir or s3://) for decoding; rows that share it reuse it."""
-    return load_checkpoint(model, model_cfg.dtype, model_cfg.attn_implementation, model_cfg.cache_dir,
-                           device=pick_device(device), max_pixels=model_cfg.max_pixels,
-                           min_pixels=model_cfg.min_pixels)  # fmt: skip
+from echo_ray.model.checkpoint import load_checkpoint
 
 
 def load_generator(model: str, decode: DecodeConfig, override_block: bool, prompt_cfg: PromptConfig,
                    model_cfg: ModelConfig, device: str = "auto") -> ReportGenerator:  # fmt: skip
-    """Load the checkpoint once and wrap it in a ReportGenerator with the row's decode settings."""
-    return ReportGenerator(load_model(model, model_cfg, device), decode, prompt_cfg, override_block=override_block)
+    """Load the checkpoint (local dir or s3://) once, as `model_cfg` says, and wrap it in a
+    ReportGenerator with the row's decode settings; `device` as in `resolve_device`."""
+    return ReportGenerator(load_checkpoint(model, model_cfg, device), decode, prompt_cfg, override_block=override_block)
 
 
 def report_record(study_id: str, report: GeneratedReport, batch: str, batch_s: float) -> dict[str, Any]:

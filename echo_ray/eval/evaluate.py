@@ -66,11 +66,12 @@ def _decode_row(row: PlannedRow, split: EvalSplit, eval_cfg: EvalConfig, prompt_
 
         return decode_with_ray(row, split.studies, split.language, eval_cfg, prompt_cfg, model_cfg)
     from echo_ray.decode.generator import ReportGenerator
-    from echo_ray.eval.decoding import decode_studies, load_model
+    from echo_ray.eval.decoding import decode_studies
+    from echo_ray.model.checkpoint import load_checkpoint
 
     if loaded.get("path") != row.local:
         loaded.clear()  # one model in memory at a time
-        loaded.update(path=row.local, ckpt=load_model(str(row.local), model_cfg, eval_cfg.device))
+        loaded.update(path=row.local, ckpt=load_checkpoint(str(row.local), model_cfg, eval_cfg.device))
     gen = ReportGenerator(loaded["ckpt"], row.decode, prompt_cfg, override_block=row.override_block)
     return decode_studies(gen, split.studies, split.language, eval_cfg.batch_size, label=row.name)
 

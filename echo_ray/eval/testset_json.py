@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from echo_ray.errors import InputError
+from echo_ray.eval.split import EvalSplit, EvalStudy
 from echo_ray.report import format_report
 
 _LANG_TAG = re.compile(r"(?:^|[_\-.])(EN|ZH)(?:[_\-.]|$)", re.IGNORECASE)
@@ -54,9 +55,7 @@ def _files(data: str, language: str) -> list[Path]:
     return files
 
 
-def _entry(item: object, i: int, path: Path, language: str):
-    from echo_ray.eval.dataset import EvalStudy
-
+def _entry(item: object, i: int, path: Path, language: str) -> EvalStudy:
     where = f"{path} entry {i}"
     if not isinstance(item, dict):
         raise InputError(f"{where}: expected an object with sample_id, images, ground_truth")
@@ -83,10 +82,8 @@ def _entry(item: object, i: int, path: Path, language: str):
     return EvalStudy(str(sid), path.stem, language, reference, tuple(resolved))
 
 
-def load_json_testset(data: str, language: str, max_reports: int):
+def load_json_testset(data: str, language: str, max_reports: int) -> EvalSplit:
     """An EvalSplit of the first `max_reports` samples of `language` (module doc)."""
-    from echo_ray.eval.dataset import EvalSplit
-
     studies = []
     for path in _files(data, language):
         try:

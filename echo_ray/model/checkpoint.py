@@ -9,10 +9,14 @@ weights that do not fit the stock Qwen2.5-VL class are an error naming the keys.
 training init (`add_mask_token=True`) adds a `<|mask|>` to an AR base model and resizes its
 embeddings; decoding a checkpoint without a MASK id is an error (echo_ray.decode.generator).
 
+Every caller (training stages, DCD teacher actors, eval, serve, generate, the importer) passes the
+run's one `ModelConfig` (dtype, attention, cache, image bounds) and a device; "auto" is resolved
+by `resolve_device`, the one place that picks a device.
+
 Usage:
     ckpt = load_checkpoint("runs/rad/final")            # or "s3://bucket/echo-base"
     ckpt.model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, ckpt.block_size
-    load_checkpoint("ECHO_block8", dtype="bfloat16", max_pixels=2_250_000)   # published layout
+    load_checkpoint("ECHO_block8", ModelConfig(dtype="bfloat16", max_pixels=2_250_000), "auto")  # published layout
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from echo_ray.config import ModelConfig
 from echo_ray.errors import InputError
 from echo_ray.model.published import block_size_from_name, check_weight_keys, find_mask_id
 from echo_ray.model.tokenizer import ensure_mask_token
@@ -116,6 +121,23 @@ def set_pixel_bounds(image_processor: Any, max_pixels: int | None = None, min_pi
             setattr(image_processor, attr, size[key])
 
 
+def resolve_device(choice: str | torch.device = "auto") -> torch.device:
+    """The device to load on: "auto" = the first CUDA device when one is visible, else the CPU.
+
+    An explicit choice ("cpu", "cuda", "cuda:1", a torch.device) is kept; asking for CUDA where
+    none is visible is an InputError here rather than a failure deep inside the first `.to()`.
+    """
+    if isinstance(choice, str) and choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {choice!r}; expected 'auto', 'cpu' or 'cuda[:N]'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {choice!r} asked for, but no CUDA device is visible (use 'auto' or 'cpu')")
+    return device
+
+
 def _load_parts(local: Path, dtype: str, attn_implementation: str) -> tuple[Any, Any, Any]:
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
@@ -134,41 +156,37 @@ def _load_parts(local: Path, dtype: str, attn_implementation: str) -> tuple[Any,
 
 
 def load_checkpoint(
-    path: str,
-    dtype: str = "float32",
-    attn_implementation: str = "sdpa",
-    cache_dir: str = "~/.cache/echo_ray/models",
-    device: str | torch.device = "cpu",
-    add_mask_token: bool = False,
-    max_pixels: int | None = None,
-    min_pixels: int | None = None,
+    path: str, model: ModelConfig | None = None, device: str | torch.device = "cpu", *, add_mask_token: bool = False
 ) -> Checkpoint:
-    """Load model (in `dtype`, whatever the stored precision), tokenizer and image processor.
+    """Load model, tokenizer and image processor from `path` as the `model` section says.
 
-    Either layout (module doc). `add_mask_token` is for the RAD training init only: an AR model
-    without any MASK id gets `<|mask|>` and one more embedding row (logged). `max_pixels` /
-    `min_pixels` override the image processor's bounds (`model.max_pixels` / `model.min_pixels`).
+    `model.dtype` (whatever the stored precision), `model.attn_implementation`, `model.cache_dir`
+    (for s3://), `model.max_pixels` / `model.min_pixels` (the image processor's bounds; None keeps
+    the checkpoint's); `model.path` is not read: callers load different paths with one section.
+    `device`: see `resolve_device`. Either layout (module doc). `add_mask_token` is for the RAD
+    training init only: an AR model without any MASK id gets `<|mask|>` and one more embedding row.
     """
-    local = resolve_local(path, cache_dir)
+    m = model or ModelConfig()
+    local = resolve_local(path, m.cache_dir)
     check_checkpoint_dir(local)
-    tokenizer, image_processor, model = _load_parts(local, dtype, attn_implementation)
-    set_pixel_bounds(image_processor, max_pixels, min_pixels)
-    _, block_size = read_echo_meta(model.config)
-    mask_id, source = find_mask_id(model.config, tokenizer)
-    if mask_id is not None and mask_id >= model.get_input_embeddings().weight.shape[0]:
+    tokenizer, image_processor, lm = _load_parts(local, m.dtype, m.attn_implementation)
+    set_pixel_bounds(image_processor, m.max_pixels, m.min_pixels)
+    _, block_size = read_echo_meta(lm.config)
+    mask_id, source = find_mask_id(lm.config, tokenizer)
+    if mask_id is not None and mask_id >= lm.get_input_embeddings().weight.shape[0]:
         raise InputError(f"checkpoint {local}: MASK id {mask_id} ({source}) is outside the embedding table")
     if mask_id is None and add_mask_token:
         mask_id, added = ensure_mask_token(tokenizer)
-        if added or mask_id >= model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tokenizer))
+        if added or mask_id >= lm.get_input_embeddings().weight.shape[0]:
+            lm.resize_token_embeddings(len(tokenizer))
         log.info("%s has no MASK token: added <|mask|> as id %d and resized the embeddings to %d rows (RAD init)",
-                 local, mask_id, model.get_input_embeddings().weight.shape[0])  # fmt: skip
+                 local, mask_id, lm.get_input_embeddings().weight.shape[0])  # fmt: skip
     elif source and source != "config.echo_mask_token_id":
         log.info("%s: MASK id %d from %s (published layout)", local, mask_id, source)
-    write_echo_meta(model.config, mask_id, block_size)
+    write_echo_meta(lm.config, mask_id, block_size)
     tokenizer.padding_side = "left"
-    model.to(device).eval()
-    return Checkpoint(model, tokenizer, image_processor, mask_id, block_size, local, block_size_from_name(path))
+    lm.to(resolve_device(device)).eval()
+    return Checkpoint(lm, tokenizer, image_processor, mask_id, block_size, local, block_size_from_name(path))
 
 
 def save_checkpoint(ckpt_model: Any, tokenizer: Any, image_processor: Any, out_dir: str | Path) -> Path:

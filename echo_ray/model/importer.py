@@ -17,6 +17,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from echo_ray.config import ModelConfig
 from echo_ray.errors import InputError
 from echo_ray.model.checkpoint import DTYPES, load_checkpoint, save_checkpoint, write_echo_meta
 from echo_ray.model.published import missing_mask_message
@@ -25,14 +26,18 @@ from echo_ray.storage import is_s3, upload_dir
 log = logging.getLogger(__name__)
 
 
-def import_checkpoint(src: str, out: str, block_size: int | None = None, dtype: str = "bfloat16",
-                      cache_dir: str = "~/.cache/echo_ray/models") -> Path | str:  # fmt: skip
-    """Write `src` to `out` (local directory or s3://) in echo_ray's layout; returns `out`."""
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+def import_checkpoint(src: str, out: str, block_size: int | None = None, model: ModelConfig | None = None) -> Path | str:
+    """Write `src` to `out` (local directory or s3://) in echo_ray's layout; returns `out`.
+
+    `model`: how to load `src` (`dtype` is the saved precision, `cache_dir` mirrors s3://; default
+    bfloat16). Image bounds set there are saved with the image processor.
+    """
+    model = model or ModelConfig(dtype="bfloat16")
+    if model.dtype not in DTYPES:
+        raise InputError(f"unknown dtype {model.dtype!r}; expected one of {sorted(DTYPES)}")
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be >= 1, got {block_size}")
-    ckpt = load_checkpoint(src, dtype=dtype, cache_dir=cache_dir)
+    ckpt = load_checkpoint(src, model)
     if ckpt.mask_id is None:
         raise InputError(missing_mask_message(src))
     block = block_size or ckpt.block_size

@@ -1,9 +1,12 @@
 """Application builder for `serve run` / `serve deploy`: ``import_path: echo_ray.serve.app:build_app``.
 
 `args` (from serve_config.yaml's ``applications[].args`` or `serve run ... model=DIR`) are the
-`ServeConfig` fields plus optional ``decode`` and ``prompt`` mappings (`DecodeConfig`,
-`PromptConfig`); unknown keys are a ConfigError naming the key. Deployment options (replicas,
-autoscaling, GPUs) are set in serve_config.yaml, which overrides the code defaults in `service.py`.
+`ServeConfig` fields plus optional ``decode``, ``prompt`` and ``model_config`` mappings
+(`DecodeConfig`, `PromptConfig`, and `ModelConfig`: the config file's `model` section, how the
+checkpoint named by `model` loads: dtype, attention, cache, image bounds); unknown keys are a
+ConfigError naming the key. Deployment options (replicas,
+autoscaling, GPUs) are set in serve_config.yaml per deployment (`ReportService`: the CPU ingress,
+`ReportEngine`: the GPU engine), which overrides the code defaults in `service.py` and `engine.py`.
 
 Usage:
     serve run echo_ray.serve.app:build_app model=runs/dcd/final
@@ -13,36 +16,31 @@ Usage:
 
 from __future__ import annotations
 
-import typing
 from typing import Any
 
 from ray.serve import Application
 
-from echo_ray.config import DecodeConfig, PromptConfig, ServeConfig, from_dict
+from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig, ServeConfig, from_dict
 from echo_ray.errors import ConfigError
+from echo_ray.serve.engine import ReportEngine
 from echo_ray.serve.service import ReportService
 
 
-def _coerce_strings(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """`serve run app key=value` passes every value as a string; convert those of numeric fields."""
-    hints = typing.get_type_hints(cls)
-    out = dict(data)
-    for key, value in data.items():
-        tp = hints.get(key)
-        if isinstance(value, str) and tp in (int, float):
-            try:
-                out[key] = tp(value)
-            except ValueError:
-                raise ConfigError(f"serve args: '{key}' must be {tp.__name__}, got {value!r}") from None
-    return out
+# Serve args that moved into the model section (issue 28): named in the error, not just "unknown".
+MOVED = {"dtype": "model_config.dtype", "image_max_pixels": "model_config.max_pixels",
+         "image_min_pixels": "model_config.min_pixels"}  # fmt: skip
 
 
-def parse_app_args(args: dict[str, Any] | None) -> tuple[ServeConfig, DecodeConfig, PromptConfig]:
+def parse_app_args(args: dict[str, Any] | None) -> tuple[ServeConfig, DecodeConfig, PromptConfig, ModelConfig]:
     """Strictly typed configs from Serve's `args` mapping."""
     data = dict(args or {})
+    moved = sorted(MOVED.keys() & data.keys())
+    if moved:
+        raise ConfigError(f"serve args: '{moved[0]}' is no longer a serve setting; set {MOVED[moved[0]]} (the model section)")
     decode = from_dict(DecodeConfig, data.pop("decode", None) or {}, "decode")
     prompt = from_dict(PromptConfig, data.pop("prompt", None) or {}, "prompt")
-    cfg = from_dict(ServeConfig, _coerce_strings(ServeConfig, data), "serve")  # ranges: ServeConfig.check
+    model = from_dict(ModelConfig, data.pop("model_config", None) or {}, "model_config")
+    cfg = from_dict(ServeConfig, data, "serve")  # `key=value` strings become the field types (lax)
     if not cfg.model:
         raise ConfigError("serve args: 'model' (checkpoint directory or s3:// URI) is required")
     if decode.slots.max_rows < 1:
@@ -52,27 +50,39 @@ def parse_app_args(args: dict[str, Any] | None) -> tuple[ServeConfig, DecodeConf
             f"serve args: decode.max_new_tokens {decode.max_new_tokens} exceeds max_new_tokens_limit "
             f"{cfg.max_new_tokens_limit}"
         )
-    return cfg, decode, prompt
+    return cfg, decode, prompt, model
 
 
-# Requests a replica takes beyond its decode rows and queue: /healthz, /readyz, /v1/models, the page.
+# Requests an engine replica takes beyond its decode rows and queue: the ingress's /v1/status calls.
 CONTROL_HEADROOM = 8
+INGRESS_MIN_ONGOING = 256  # the ingress mostly awaits the engine: many requests per (CPU) replica
 
 
 def max_ongoing_requests(cfg: ServeConfig, decode: DecodeConfig) -> int:
-    """Serve's per-replica concurrency cap, consistent with the batching path.
+    """Serve's per-replica concurrency cap of the engine deployment: slots + queue + headroom.
 
-    continuous: slots + queue + headroom, so every request the scheduler could hold reaches the
-    replica, and overflow is answered by the replica's 429 + Retry-After instead of waiting unbounded
-    in Serve's router. static: room for a full batch plus streams (as before).
+    Every request the scheduler could hold reaches the replica, and overflow is answered by the
+    replica's 429 + Retry-After (through the ingress) instead of waiting unbounded in Serve's router.
     """
-    if cfg.batching == "continuous":
-        return decode.slots.max_rows + cfg.max_queue + CONTROL_HEADROOM
-    return max(32, 2 * cfg.max_batch_size)
+    return decode.slots.max_rows + cfg.max_queue + CONTROL_HEADROOM
+
+
+def ingress_max_ongoing(cfg: ServeConfig, decode: DecodeConfig) -> int:
+    """The ingress's cap: at least a few engine replicas' worth of requests (it holds no slots)."""
+    return max(INGRESS_MIN_ONGOING, 4 * max_ongoing_requests(cfg, decode))
+
+
+def compose(cfg: ServeConfig, decode: DecodeConfig, prompt: PromptConfig, model: ModelConfig,
+            engine: dict | None = None, ingress: dict | None = None) -> Application:  # fmt: skip
+    """The two-deployment application: the ingress bound over a handle to the engine deployment.
+
+    `engine` / `ingress`: extra deployment options (replicas, actor options, autoscaling) of each;
+    serve_config.yaml's `deployments` entries override them on `serve deploy`."""
+    eng = ReportEngine.options(max_ongoing_requests=max_ongoing_requests(cfg, decode), **(engine or {}))
+    front = ReportService.options(max_ongoing_requests=ingress_max_ongoing(cfg, decode), **(ingress or {}))
+    return front.bind(eng.bind(cfg, decode, prompt, model), cfg, decode, prompt, model)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """The ReportService application with `max_ongoing_requests` from the slots and queue."""
-    cfg, decode, prompt = parse_app_args(args)
-    deployment = ReportService.options(max_ongoing_requests=max_ongoing_requests(cfg, decode))
-    return deployment.bind(cfg, decode, prompt)
+    """The ReportService (ingress) + ReportEngine application from Serve's `args`."""
+    return compose(*parse_app_args(args))

@@ -1,126 +1,120 @@
-"""The replica's side of continuous batching: requests become scheduler rows, rows become answers.
+"""The engine replica's side of continuous batching: ready rows in, block updates out (no Serve here).
 
-`ContinuousDecoder` wraps a `Scheduler` (scheduler.py) for async HTTP handlers: `open` builds the
-row's prompt off the event loop, checks its length (422 before a stream's status line goes out),
-and submits it (429 with a Retry-After estimate when the queue is full). The returned `RowHandle`
-awaits the row's block updates through an asyncio queue that the scheduler thread feeds with
-`loop.call_soon_threadsafe`, accumulates tokens, and builds the same `GeneratedReport` the local
-decoder returns. A plain (non-streaming) request has no use for its blocks until the last one, so
-its handle keeps them on the scheduler thread and hands them over with the final block (or a
-failure) in one wake-up of the event loop instead of one per block: under load the loop thread
-then competes less with the scheduler for the interpreter. A handler that is cancelled (client
-gone) calls `handle.cancel()` in a `finally`.
+`EngineCore` owns a `Scheduler` (echo_ray.decode.scheduler) running on its own thread over one
+`DecodeEngine`. `run(row, timeout_s, streaming)` is an async generator for the deployment's
+handle stream: it refuses a row the engine cannot take (`Refused(422)`: too long, a block longer
+than the prompt's text tail) or a full queue (`Refused(429, retry_after_s)`) before any decoding,
+then yields lists of `BlockUpdate`/`Failure` as the scheduler thread hands them over (through
+`loop.call_soon_threadsafe`). A stream gets `Accepted()` first and then one list per block (blocks
+already waiting go out together, so a loaded replica sends fewer messages); a
+plain request's blocks stay on the scheduler thread and come over together with the last one (one
+wake-up of the event loop and one message). A caller that goes away (its generator closed or
+cancelled) frees the row's slot at the next block edge. Rows carry token ids and tensors only.
+
+`engine_cpu` counts the process CPU time spent inside model calls (`admit`: vision + prefill,
+`step`: the block forwards) so the benchmark can report the replica's CPU outside them.
 
 Usage:
-    dec = ContinuousDecoder(gen, gen.engine, max_queue=64, timeout_s=60.0); dec.start()
-    handle = await dec.open(images, "en", "onestep", 96, deadline)
-    while (ev := await handle.next_block()) is not None: ...      # RowEvent per block
-    handle.report()                                               # GeneratedReport
+    core = EngineCore(engine, max_queue=64); core.warmup(row); core.start()
+    async for msg in core.run(row, timeout_s=60.0, streaming=True): ...  # Accepted | Refused | list[Update]
+    core.snapshot(); core.close()
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 
-from PIL import Image
-
-from echo_ray.decode.engine import DecodeEngine, RowEvent, RowMode, RowRequest
-from echo_ray.decode.generator import GeneratedReport, ReportGenerator, resolve_decode
+from echo_ray.decode.engine import DecodeEngine, RowRequest
+from echo_ray.decode.scheduler import BlockUpdate, Failure, QueueFull, Scheduler, Update
 from echo_ray.errors import InputError
-from echo_ray.serve.scheduler import BlockUpdate, Failure, QueueFull, Scheduler, Ticket
-from echo_ray.serve.schemas import ApiError
-
-FAILURE_STATUS = {"deadline": 503, "invalid": 422, "internal": 500, "shutdown": 503}
 
 
-class Overloaded(ApiError):
-    """429: the admission queue is full; `retry_after_s` goes out as the Retry-After header."""
-
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(429, message)
-        self.retry_after_s = retry_after_s
+@dataclass
+class Accepted:
+    """A streamed row is queued: the ingress may send its 200 status line."""
 
 
-class RowHandle:
-    """One request's row: its block events in order, then its report."""
+@dataclass
+class Refused:
+    """The row was not queued: HTTP `status` (422 or 429) and a message; Retry-After for 429."""
 
-    def __init__(self, dec: "ContinuousDecoder", mode: str, block_size: int, t0: float, streaming: bool = True):
-        self._dec, self.mode, self.block_size, self._t0 = dec, mode, block_size, t0
+    status: int
+    message: str
+    retry_after_s: int = 0
+
+
+Message = Accepted | Refused | list[Update]
+
+
+class TimedEngine:
+    """The engine with the process CPU time of its model calls counted (everything else passes through)."""
+
+    def __init__(self, engine: DecodeEngine):
+        self._engine, self.model_cpu_s = engine, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def admit(self, requests):
+        t0 = time.process_time()
+        try:
+            return self._engine.admit(requests)
+        finally:
+            self.model_cpu_s += time.process_time() - t0
+
+    def step(self):
+        t0 = time.process_time()
+        try:
+            return self._engine.step()
+        finally:
+            self.model_cpu_s += time.process_time() - t0
+
+
+class RowChannel:
+    """One row's updates, from the scheduler thread (`sink`) to the event loop (`get`)."""
+
+    def __init__(self, streaming: bool):
         self.streaming = streaming
-        self._updates: asyncio.Queue = asyncio.Queue()  # lists of updates, in order
-        self._held: list = []  # scheduler thread only: blocks of a plain request not yet handed over
-        self._ready: deque = deque()  # event loop only: handed-over updates not yet consumed
         self._loop = asyncio.get_running_loop()
-        self.ticket: Ticket | None = None
-        self.tokens: list[int] = []
-        self.forwards = 1  # the prefill
-        self.blocks = 0
-        self.rows_in_step = 0  # the most rows that shared a step with this one
-        self.hit_max = False
-        self.finished = False
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._held: list[Update] = []  # scheduler thread only: a plain row's blocks not yet handed over
 
-    def sink(self, update) -> None:  # scheduler thread
-        if not self.streaming and isinstance(update, BlockUpdate) and not update.event.finished:
-            self._held.append(update)
-            return
+    def sink(self, update: Update) -> None:  # scheduler thread
+        if isinstance(update, BlockUpdate):
+            update = BlockUpdate(replace(update.event, trace=None), update.rows_in_step)  # tokens only
+            if not self.streaming and not update.event.finished:
+                self._held.append(update)
+                return
         batch, self._held = [*self._held, update], []
-        self._loop.call_soon_threadsafe(self._updates.put_nowait, batch)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, batch)
 
-    async def next_block(self) -> RowEvent | None:
-        """The next block event; None after the last; ApiError on a deadline or decode failure."""
-        if self.finished:
-            return None
-        if not self._ready:
-            self._ready.extend(await self._updates.get())
-        update = self._ready.popleft()
-        if isinstance(update, Failure):
-            self.finished = True
-            if update.reason == "deadline":
-                msg = f"decode did not finish within the limit of {self._dec.timeout_s:g} s ({update.message}); lower max_new_tokens"
-                raise ApiError(503, msg)
-            raise ApiError(FAILURE_STATUS[update.reason], update.message)
-        assert isinstance(update, BlockUpdate)
-        ev = update.event
-        self.tokens.extend(ev.tokens)
-        self.forwards += ev.steps
-        self.blocks += 1
-        self.rows_in_step = max(self.rows_in_step, update.rows_in_step)
-        self.hit_max, self.finished = ev.hit_max, ev.finished
-        return ev
-
-    async def wait(self) -> GeneratedReport:
-        while await self.next_block() is not None:
-            pass
-        return self.report()
-
-    def cancel(self) -> None:
-        if self.ticket is not None and not self.finished:
-            self._dec.scheduler.cancel(self.ticket)
-
-    def text(self) -> str:
-        return self._dec.tokenizer.decode(self.tokens, skip_special_tokens=True)
-
-    def report(self) -> GeneratedReport:
-        latency = time.perf_counter() - self._t0
-        return GeneratedReport.from_tokens(
-            self._dec.tokenizer, self.tokens, hit_max_length=self.hit_max, forward_passes=self.forwards,
-            prefill_s=0.0, decode_s=latency, latency_s=latency, mode=self.mode, block_size=self.block_size,
-        )  # fmt: skip
+    async def get(self) -> list[Update]:
+        """The next updates; everything already handed over goes in one message (fewer under load)."""
+        batch = await self._queue.get()
+        while not self._queue.empty():
+            batch = batch + self._queue.get_nowait()
+        return batch
 
 
-class ContinuousDecoder:
-    """Scheduler + engine behind async handlers; prompts and modes come from a `ReportGenerator`."""
+def _last(batch: list[Update]) -> bool:
+    u = batch[-1]
+    return isinstance(u, Failure) or u.event.finished
 
-    def __init__(self, gen: ReportGenerator, engine: DecodeEngine, max_queue: int, timeout_s: float, metrics=None):
-        self.gen, self.engine, self.timeout_s, self.metrics = gen, engine, timeout_s, metrics
-        self.tokenizer = gen.tokenizer
-        self.scheduler = Scheduler(engine, max_queue, on_step=metrics.on_step if metrics else None)
+
+class EngineCore:
+    """Scheduler thread + engine behind the engine deployment's async generator (module docstring)."""
+
+    def __init__(self, engine: DecodeEngine, max_queue: int, metrics=None):
+        self.engine = TimedEngine(engine)
+        self.metrics = metrics
+        self.scheduler = Scheduler(self.engine, max_queue, on_step=metrics.on_step if metrics else None)
         if metrics is not None:
             metrics.bind(self.scheduler)
-        self._modes: dict[str, tuple[RowMode, int]] = {}
+        self.served = 0
+        self._cpu0 = time.process_time()
 
     def start(self) -> None:
         self.scheduler.start()
@@ -128,45 +122,52 @@ class ContinuousDecoder:
     def close(self) -> None:
         self.scheduler.close()
 
-    def mode(self, name: str) -> tuple[RowMode, int]:
-        """(RowMode, block size) for a request mode, resolved against the checkpoint once."""
-        if name not in self._modes:
-            cfg = resolve_decode(self.gen.ckpt, replace(self.gen.cfg, mode=name), self.gen.override_block)
-            self._modes[name] = (RowMode.from_decode(cfg), int(cfg.block_size or 1))
-        return self._modes[name]
-
-    def request(self, images: list[Image.Image], language: str, mode: str, budget: int, tag=None) -> RowRequest:
-        """Build and check one row (CPU work: call off the event loop). InputError when too long."""
-        row_mode, _ = self.mode(mode)
-        (prompt,) = self.gen.prompts([images], language)
-        self.gen.check_fits(prompt.length, budget, self.gen.cfg)  # the engine's slots are the generator's
-        return RowRequest(prompt=prompt, mode=row_mode, max_new_tokens=budget, tag=tag)
-
-    async def open(self, images: list[Image.Image], language: str, mode: str, budget: int, deadline: float,
-                   tag=None, streaming: bool = True) -> RowHandle:  # fmt: skip
-        """Submit one request; ApiError 422 (too long) or Overloaded (429) before any decoding.
-        `streaming` False: the blocks arrive together with the last one (plain requests)."""
-        t0 = time.perf_counter()
+    def refuse(self, row: RowRequest) -> Refused | None:
+        """The engine's own checks of a row (before queueing): 422 naming the problem, else None."""
         try:
-            req = await asyncio.to_thread(self.request, images, language, mode, budget, tag)
-        except InputError as e:
-            raise ApiError(422, str(e)) from None
-        handle = RowHandle(self, mode, self.mode(mode)[1], t0, streaming)
+            self.engine.check(row)
+        except (InputError, ValueError) as e:
+            return Refused(422, str(e))
+        return None
+
+    async def run(self, row: RowRequest, timeout_s: float, streaming: bool) -> AsyncIterator[Message]:
+        refused = self.refuse(row)
+        if refused is not None:
+            yield refused
+            return
+        channel = RowChannel(streaming)
         try:
-            handle.ticket = self.scheduler.submit(req, handle.sink, deadline)
+            ticket = self.scheduler.submit(row, channel.sink, time.monotonic() + timeout_s)
         except QueueFull as e:
             if self.metrics is not None:
                 self.metrics.on_rejected()
-            raise Overloaded(f"server busy: {e}", e.retry_after_s) from None
-        return handle
+            yield Refused(429, f"server busy: {e}", e.retry_after_s)
+            return
+        try:
+            if streaming:
+                yield Accepted()
+            while True:
+                batch = await channel.get()
+                yield batch
+                if _last(batch):
+                    self.served += 1
+                    return
+        finally:  # the caller went away (generator closed or cancelled): free the slot at the next edge
+            self.scheduler.cancel(ticket)
 
-    def warmup(self, images: list[Image.Image], budget: int) -> None:
-        """Decode one request synchronously on the calling thread (before `start`)."""
-        done: list = []
-        req = self.request(images, "en", self.gen.cfg.mode, budget)
-        self.scheduler.submit(req, done.append, time.monotonic() + 600)
+    def warmup(self, row: RowRequest) -> None:
+        """Decode one row synchronously on the calling thread (before `start`)."""
+        done: list[Update] = []
+        self.scheduler.submit(row, done.append, time.monotonic() + 600)
         while not any(isinstance(u, Failure) or u.event.finished for u in done):
             if self.scheduler.run_once() == 0 and not done:
                 raise RuntimeError("warm-up decode made no progress")
         if isinstance(done[-1], Failure):
             raise RuntimeError(f"warm-up decode failed: {done[-1].message}")
+        self._cpu0, self.engine.model_cpu_s = time.process_time(), 0.0  # count served requests only
+
+    def snapshot(self) -> dict:
+        """The scheduler's figures plus this process's CPU seconds in and outside model calls."""
+        cpu = time.process_time() - self._cpu0
+        return {**self.scheduler.snapshot(), "served": self.served, "process_cpu_s": round(cpu, 4),
+                "model_cpu_s": round(self.engine.model_cpu_s, 4)}  # fmt: skip

@@ -1,7 +1,7 @@
 """Turn one HTTP report request (multipart upload or JSON with base64 images) into decoder input.
 
 Limits are checked before work that scales with them: the declared Content-Length and then the
-bytes actually read (413) within the body deadline (408), field types (422), the image count (413),
+bytes actually read (413) within the body deadline (408), field types and the image count (422),
 each image's and the request's pixel counts read from the headers before any pixel is decoded
 (413). Large images are reduced while or right after decoding to the model processor's size. The image type is judged from the bytes, not only the declared type: PNG,
 JPEG and DICOM are accepted; another image format or a non-image declared type is 415; bytes that
@@ -23,7 +23,7 @@ import binascii
 import io
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -37,7 +37,7 @@ from echo_ray.serve.schemas import ApiError, ReportFields, ReportJSON, parse_fie
 
 ACCEPTED_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "application/dicom": "dicom"}
 GENERIC_TYPES = {"", "application/octet-stream"}  # browsers send these for .dcm files; judged by bytes
-FORM_FIELDS = {"language", "mode", "max_new_tokens"}
+FORM_FIELDS = {"language", "mode", "max_new_tokens", "format"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class ReportRequest:
     images: list[Image.Image]
     fields: ReportFields
     n_bytes: int  # request body size, for logs (never the content)
+    dicom: list[bytes] = field(default_factory=list)  # the uploaded DICOM files as sent (DICOM SR / FHIR outputs)
 
 
 async def read_body(stream: AsyncIterator[bytes], content_length: str | None, limit: int,
@@ -161,7 +162,8 @@ def _check_count(n: int, limits: Limits) -> None:
     if n == 0:
         raise ApiError(422, "field 'images': at least one image is required")
     if n > limits.max_images:
-        raise ApiError(413, f"{n} images exceed the limit of {limits.max_images} per request")
+        # 422 like any other field rule: the OpenAPI document declares maxItems (a validation error)
+        raise ApiError(422, f"field 'images': {n} images exceed the limit of {limits.max_images} per request")
 
 
 def _check_budget(fields: ReportFields, limits: Limits) -> ReportFields:
@@ -199,7 +201,7 @@ async def _parse_multipart(headers: Headers, body: bytes, limits: Limits) -> Par
     return ParsedBody(files, fields, len(body))
 
 
-def _b64_image(item: str, index: int) -> tuple[bytes, str]:
+def b64_image(item: str, index: int) -> tuple[bytes, str]:
     """Decode one base64 string or data URL -> (bytes, declared content type)."""
     declared = ""
     if item.startswith("data:"):
@@ -220,8 +222,9 @@ def _parse_json(body: bytes, limits: Limits) -> ParsedBody:
         raise ApiError(422, "JSON body must be an object with 'images' and optional fields")
     req = validate_model(ReportJSON, data)  # types first: a wrong-typed field is 422 whatever the count
     _check_count(len(req.images), limits)
-    fields = _check_budget(ReportFields(language=req.language, mode=req.mode, max_new_tokens=req.max_new_tokens), limits)
-    uploads = [Upload(*_b64_image(item, i), filename="") for i, item in enumerate(req.images)]
+    fields = _check_budget(ReportFields(language=req.language, mode=req.mode, max_new_tokens=req.max_new_tokens,
+                                        format=req.format), limits)
+    uploads = [Upload(*b64_image(item, i), filename="") for i, item in enumerate(req.images)]
     return ParsedBody(uploads, fields, len(body))
 
 
@@ -249,11 +252,14 @@ def inspect_images(parsed: ParsedBody, limits: Limits) -> int:
 def decode_images(parsed: ParsedBody, limits: Limits) -> ReportRequest:
     """Check and decode every upload (CPU work: the service runs this off the event loop).
 
-    Each upload's bytes are dropped once decoded, so at most one full-size image lives at a time.
+    Each upload's bytes are dropped once decoded, so at most one full-size image lives at a time;
+    DICOM files are kept as sent (`ReportRequest.dicom`, compressed pixel data: small next to pixels).
     """
     inspect_images(parsed, limits)
-    images = []
+    images, dicom = [], []
     for i, u in enumerate(parsed.uploads):
         images.append(check_image(u.data, u.declared_type, i, u.filename, limits.max_pixels, limits.target_pixels))
+        if sniff(u.data) == "dicom":  # kept: the study's own files (a DICOM SR answer refers to them)
+            dicom.append(u.data)
         u.data = b""
-    return ReportRequest(images, parsed.fields, parsed.n_bytes)
+    return ReportRequest(images, parsed.fields, parsed.n_bytes, dicom)

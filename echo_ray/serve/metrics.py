@@ -4,7 +4,7 @@ Exported per replica (Serve adds the deployment, replica and application tags):
 `echo_serve_slots_in_use` and `echo_serve_queue_length` (gauges, set after every block step and on
 every admission refusal), `echo_serve_rows_per_step` (histogram: rows that shared one engine step),
 `echo_serve_rejected_total` (429s) and `echo_serve_cancelled_total` (rows freed because their client
-left). The same figures are in `/v1/models` (`batching`) and in the replica's
+left). The same figures are in `/v1/status` (`batching`) and in the engine replica's
 `record_autoscaling_stats` (for a custom autoscaling policy).
 
 Usage:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Mode = Literal["onestep", "multistep", "ar"]
 Language = Literal["en", "zh"]
+OutputFormat = Literal["json", "dicom-sr", "fhir"]
 
 
 class ApiError(Exception):
@@ -37,6 +38,9 @@ class ReportFields(BaseModel):
     language: Language = Field("en", description="report language: en or zh")
     mode: Mode = Field("onestep", description="onestep (ECHO, fused KV), multistep (teacher), or ar (baseline)")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="response token budget; default: server's")
+    format: Optional[OutputFormat] = Field(
+        None, description="POST /v1/reports answer: json (default), dicom-sr (DICOM Comprehensive SR, application/dicom) "
+        "or fhir (FHIR R4 DiagnosticReport, application/fhir+json); wins over the Accept header")
 
 
 class ReportJSON(ReportFields):
@@ -76,7 +80,7 @@ class ErrorResponse(BaseModel):
     request_id: str = ""
 
 
-KNOWN_FIELDS = {"images", "language", "mode", "max_new_tokens"}
+KNOWN_FIELDS = {"images", "language", "mode", "max_new_tokens", "format"}
 
 
 def _describe(err: dict[str, Any], for_log: bool = False) -> str:
@@ -107,6 +111,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "corrupt image or malformed body"},
     408: {"model": ErrorResponse, "description": "request body did not arrive within the body deadline"},
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token (when auth is on)"},
+    406: {"model": ErrorResponse, "description": "the Accept header names none of application/json, application/dicom, "
+          "application/fhir+json"},
     413: {"model": ErrorResponse, "description": "body, image count, or an image's or the request's pixel count over the limit"},
     415: {"model": ErrorResponse, "description": "unsupported body or image type"},
     422: {"model": ErrorResponse, "description": "bad field (language, mode, max_new_tokens, unknown field)"},

@@ -1,34 +1,32 @@
-"""The Ray Serve deployment: a FastAPI ingress over the decode engine, batched continuously.
+"""The ingress deployment: HTTP in (our API and OpenAI's), ready rows out to the engine deployment.
 
-The replica holds no decoding logic: it parses and checks requests (`inputs.py`) and hands them to
-one of two batching paths (`ServeConfig.batching`):
-- `continuous` (default): a `Scheduler` (scheduler.py) on its own thread owns a `DecodeEngine` and
-  admits waiting requests into free slots at every block edge; plain and streaming requests are rows
-  of the same steps, whatever their language or budget (continuous.py). A client that goes away
-  frees its slot at the next block edge; a full admission queue answers 429 with Retry-After.
-- `static` (the benchmark's baseline): `@serve.batch` fixes a batch when it starts, one
-  `ReportGenerator` call per (mode, language, budget) group (`batching.py`); streams decode alone,
-  block by block, on the same single worker thread.
-Either way the event loop keeps answering /healthz while decoding runs. Logs carry the Serve
-request id, sizes and timings, never report text or image bytes (patient data).
+Everything before the model runs here, on CPU, autoscaled apart from the engine: auth (`auth.py`),
+body limits and deadlines (`inputs.read_body`; `body_guard.py` in the proxy), parsing, image header
+checks and pixel budgets (`pixel_budget.py`), image decoding, the image processor and prompt
+building (`decode.rows.RowFactory`, the same rows the local decoder builds), and the protocol
+adapters (SSE for `/v1/reports/stream`, `openai_api.py` for `/v1/chat/completions`). Each request
+becomes one `RowRequest` (token ids, pixel tensors, grid, mode, budget) handed to the engine
+deployment (`engine.py`) through a `DeploymentHandle`; its block updates come back as a handle
+stream (`remote.py`). A plain request whose engine replica dies is retried once; a stream gets a
+terminal `error` event. Logs carry the Serve request id, sizes and timings, never report text,
+image bytes or file names (patient data; `logsafe.py`).
 
-Routes: POST /v1/reports, POST /v1/reports/stream, GET /healthz, /readyz, /v1/models, / (web page),
-/openapi.json and /docs (`openapi.py`). Errors are JSON ``{"error", "status", "request_id"}``.
-Hardening (issue 12): body deadline (408, `inputs.read_body`; `body_guard.py` does it in the proxy),
-pixel limits from image headers and a per-replica pixel budget (`pixel_budget.py`), the token from
-a private file or the node's environment (`auth.py`), log text escaped (`logsafe.py`), a client
-disconnect logged as one INFO line.
+Routes: POST /v1/reports, /v1/reports/stream, /v1/chat/completions; GET /v1/models (OpenAI list),
+/v1/status (slots, queue, rows per step of one engine replica), /healthz, /readyz, / (web page),
+/openapi.json and /docs (`openapi.py`). Errors are ``{"error", "status", "request_id"}`` on our
+routes and OpenAI's ``{"error": {"message", "type", "code", "param"}}`` on the OpenAI ones.
 
-Usage (see app.py for the import-path entry):
-    serve.run(ReportService.bind(ServeConfig(model="runs/dcd/final"), DecodeConfig(), PromptConfig()))
+Usage (app.py builds the two-deployment application):
+    serve.run(ReportService.bind(ReportEngine.bind(cfg, decode, prompt, model), cfg, decode, prompt, model))
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve `Request` on the methods Serve rewraps.
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import PurePosixPath
 
@@ -36,38 +34,43 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from PIL import Image
 from ray import serve
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from echo_ray.config import DecodeConfig, PromptConfig, ServeConfig
-from echo_ray.decode.generator import ReportGenerator
+from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig, ServeConfig
+from echo_ray.decode.engine import RowRequest
+from echo_ray.decode.rows import ModelSide, RowFactory
 from echo_ray.errors import InputError
-from echo_ray.model.checkpoint import load_checkpoint
-from echo_ray.serve.batching import BatchStats, DecodeJob, Outcome, decode_jobs, group_jobs, start_generation
+from echo_ray.interop.formats import dicom_sources, negotiate, render_report
+from echo_ray.interop.identity import ModelIdentity
+from echo_ray.serve import openai_api as oai
 from echo_ray.serve.auth import check_bearer, load_token
 from echo_ray.serve.body_guard import body_deadline_s
-from echo_ray.serve.continuous import ContinuousDecoder, Overloaded, RowHandle
-from echo_ray.serve.inputs import Limits, ReportRequest, decode_images, inspect_images, parse_body, read_body
+from echo_ray.serve.inputs import Limits, ParsedBody, ReportRequest, decode_images, inspect_images, parse_body, read_body
 from echo_ray.serve.logsafe import clean
-from echo_ray.serve.metrics import SchedulerMetrics
 from echo_ray.serve.openapi import service_openapi
 from echo_ray.serve.pixel_budget import PixelBudget, trim_heap
+from echo_ray.serve.remote import Overloaded, RemoteRow, decode_plain
 from echo_ray.serve.schemas import ERROR_RESPONSES, ApiError, ErrorResponse, ReportResponse, report_response
-from echo_ray.serve.sse import block_payload, row_block_payload, sse_event
+from echo_ray.serve.sse import row_block_payload, sse_event
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger stamps request ids and writes replica logs
 
 api = FastAPI(
     title="ECHO chest X-ray report service",
-    description="Block-diffusion report generation (one forward per block). Upload 1-4 images, get a report.",
-    version="0.1.0",
+    description="Block-diffusion report generation (one forward per block). Upload 1-4 images, get a report. "
+    "OpenAI-compatible: POST /v1/chat/completions with the images as image_url data: URLs; message text and "
+    "system messages do not change the prompt (the model was trained on one instruction per language).",
+    version="0.2.0",
     openapi_url=None,  # served by the replica with its configured limits (see `openapi_json`)
     docs_url=None,
     redoc_url=None,
 )
 TRIM_AFTER_PIXELS = 4_000_000  # hand freed heap back to the OS after decoding images this large
+MIN_REDUCE_PIXELS = 4_000_000  # images up to this reach the processor untouched (same input as offline decoding)
+STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+ROUTE_ERRORS = {**ERROR_RESPONSES, 429: {"model": ErrorResponse, "description": "admission queue full; see Retry-After"}}
 
 
 def request_id(request: Request) -> str:
@@ -79,15 +82,25 @@ def request_id(request: Request) -> str:
     return rid or clean(request.headers.get("x-request-id", ""), 64)
 
 
+def _openai_route(request: Request) -> bool:
+    return request.url.path.endswith(oai.OPENAI_PATHS)
+
+
+def _error(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    if _openai_route(request):  # OpenAI clients expect 400 for a request they got wrong
+        status = 400 if status == 422 else status
+        return JSONResponse(oai.error_body(status, message), status, headers=headers)
+    return JSONResponse({"error": message, "status": status, "request_id": request_id(request)}, status, headers=headers)
+
+
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    rid = request_id(request)
-    logger.info("request_id=%s path=%s status=%d refused: %s", rid, clean(request.url.path, 80), exc.status,
-                clean(exc.log_message))  # fmt: skip
+    logger.info("request_id=%s path=%s status=%d refused: %s", request_id(request), clean(request.url.path, 80),
+                exc.status, clean(exc.log_message))  # fmt: skip
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     if isinstance(exc, Overloaded):
         headers = {"Retry-After": str(exc.retry_after_s)}
-    return JSONResponse({"error": exc.message, "status": exc.status, "request_id": rid}, exc.status, headers=headers)
+    return _error(request, exc.status, exc.message, headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -106,26 +119,23 @@ async def _client_left(request: Request, exc: ClientDisconnect) -> Response:
 
 @api.exception_handler(Exception)
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
-    rid = request_id(request)
-    logger.exception("request_id=%s path=%s internal error %s", rid, clean(request.url.path, 80), exc.__class__.__name__)
-    return JSONResponse({"error": f"internal error ({exc.__class__.__name__})", "status": 500, "request_id": rid}, 500)
-
-
-def _pick_device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
-
-
-MIN_REDUCE_PIXELS = 4_000_000  # images up to this reach the processor untouched (same input as offline decoding)
+    logger.exception("request_id=%s path=%s internal error %s", request_id(request), clean(request.url.path, 80),
+                     exc.__class__.__name__)  # fmt: skip
+    return _error(request, 500, f"internal error ({exc.__class__.__name__})")
 
 
 def _processor_pixels(processor) -> int:
     """Pixels large images are reduced to on decode: 4x what the processor resizes to, at least 4 M."""
     most = getattr(processor, "max_pixels", None) or (getattr(processor, "size", None) or {}).get("longest_edge")
     return max(4 * int(most or 0), MIN_REDUCE_PIXELS)
+
+
+def output_format(accept: str | None, field: str | None) -> str:
+    """json | dicom-sr | fhir for POST /v1/reports (the `format` field wins over Accept); 406 otherwise."""
+    try:
+        return negotiate(accept, field)
+    except InputError as e:  # NotAcceptable (406); an unknown `format` value was already 422 in the schema
+        raise ApiError(getattr(e, "status", 422), str(e)) from None
 
 
 def _model_name(path: str) -> str:
@@ -136,206 +146,230 @@ def _static(name: str) -> str:
     return resources.files("echo_ray.serve").joinpath("static", name).read_text(encoding="utf-8")
 
 
-STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
-ROUTE_ERRORS = {**ERROR_RESPONSES, 429: {"model": ErrorResponse, "description": "admission queue full; see Retry-After"}}
+@dataclass
+class Job:
+    """One request's decode settings on the ingress (the row itself goes to the engine)."""
+
+    language: str
+    mode: str
+    block_size: int
+    deadline: float  # time.monotonic() by which the decode must be done
 
 
 @serve.deployment(
     name="ReportService",
-    # Local default (echo-ray serve, tests): a fraction of a CPU. serve_config.yaml sets num_gpus: 1 on a cluster.
-    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
-    max_ongoing_requests=32,  # build_app sets it from the slots and queue (app.py: max_ongoing_requests)
+    ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},  # CPU only, here and on a cluster (serve_config.yaml)
+    max_ongoing_requests=128,  # app.py sets it (ingress_max_ongoing)
     health_check_period_s=10,
 )
 @serve.ingress(api)
 class ReportService:
-    def __init__(self, cfg: ServeConfig, decode: DecodeConfig, prompt: PromptConfig):
-        t0 = time.perf_counter()
+    def __init__(self, engine, cfg: ServeConfig, decode: DecodeConfig, prompt: PromptConfig,
+                 model: ModelConfig | None = None):  # fmt: skip
+        self.engine = engine  # DeploymentHandle of the ReportEngine deployment (/v1/status)
+        self.rows_out = engine.options(stream=True)  # rows go out and block events come back as handle streams
         self.cfg, self.ready = cfg, False
-        ckpt = load_checkpoint(cfg.model, dtype=cfg.dtype, device=_pick_device(cfg.device),
-                               max_pixels=cfg.image_max_pixels, min_pixels=cfg.image_min_pixels)  # fmt: skip
-        self.gen = ReportGenerator(ckpt, decode, prompt)
-        self.model_name = _model_name(cfg.model)
+        side = ModelSide.load(cfg.model, model)  # tokenizer, image processor, metadata: no weights here
+        self.rows = RowFactory(side, decode, prompt)
+        self.tokenizer = side.tokenizer
+        self.model_name, self.created = _model_name(cfg.model), int(time.time())
+        # The observing device of DICOM SR / FHIR answers; mode and block size are each request's.
+        self.identity = ModelIdentity.for_checkpoint(side.path, decode.mode, side.block_size)
         self.limits = Limits(cfg.max_body_bytes, cfg.max_images, cfg.max_pixels, cfg.max_new_tokens_limit,
-                             cfg.max_request_pixels, _processor_pixels(ckpt.image_processor))  # fmt: skip
+                             cfg.max_request_pixels, _processor_pixels(side.image_processor))  # fmt: skip
         self.token = load_token(cfg)
         self.pixels = PixelBudget(cfg.max_replica_pixels)
         self._openapi: dict | None = None
-        self.cont: ContinuousDecoder | None = None
-        if cfg.batching == "continuous":
-            engine = self.gen.engine  # the replica's one set of K/V slots; the scheduler is its only user
-            metrics = SchedulerMetrics(engine.free_slots)
-            self.cont = ContinuousDecoder(self.gen, engine, cfg.max_queue, cfg.decode_timeout_s, metrics)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-decode")  # static path
-        self.stats = BatchStats()
-        self._decode_batch.set_max_batch_size(cfg.max_batch_size)
-        self._decode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
-        self.warmup_ms = self._warmup()
-        if self.cont is not None:
-            self.cont.start()
         self.ready = True
-        logger.info("model %s loaded and warmed up in %.0f ms (auth %s)", self.model_name,
-                    (time.perf_counter() - t0) * 1000, "on" if self.token else "off")  # fmt: skip
-
-    def _warmup(self) -> float:
-        """One one-block decode of a blank image: proves the model runs before /readyz says so."""
-        t0 = time.perf_counter()
-        blank = Image.new("RGB", (224, 224))
-        if self.cont is not None:
-            self.cont.warmup([blank], int(self.gen.cfg.block_size or 1))
-        else:
-            self.gen.generate([[blank]], "en", max_new_tokens=int(self.gen.cfg.block_size or 1))
-        return round((time.perf_counter() - t0) * 1000, 1)
-
-    def __del__(self):
-        if getattr(self, "cont", None) is not None:
-            self.cont.close()
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Custom autoscaling metrics (Ray Serve calls this on the replica) for a custom policy."""
-        if self.cont is None:
-            return {}
-        snap = self.cont.scheduler.snapshot()
-        return {k: float(snap[k]) for k in ("slots_in_use", "queue_length", "mean_rows_per_step")}
+        logger.info("ingress for model %s ready (auth %s)", self.model_name, "on" if self.token else "off")
 
     def check_health(self) -> None:  # Serve's replica health probe
         if not self.ready:
-            raise RuntimeError("report service replica is not ready")
+            raise RuntimeError("report service ingress is not ready")
 
+    # ---- request preparation (everything before the model) --------------------------------------------
     def _authorize(self, request: Request) -> None:
         check_bearer(request.headers.get("authorization", ""), self.token)
 
-    def _body_deadline(self, request: Request) -> float:
-        c = self.cfg
-        length = request.headers.get("content-length")
-        n = int(length) if length and length.isdigit() else None
-        return body_deadline_s(n, c.body_timeout_s, c.body_timeout_per_mb_s, c.body_timeout_max_s)
-
-    async def _parse(self, request: Request) -> ReportRequest:
+    async def _body(self, request: Request) -> bytes:
         self._authorize(request)
-        length = request.headers.get("content-length")
-        body = await read_body(request.stream(), length, self.limits.max_body_bytes, self._body_deadline(request))
-        parsed = await parse_body(request.headers, body, self.limits)
-        del body
+        c, length = self.cfg, request.headers.get("content-length")
+        n = int(length) if length and length.isdigit() else None
+        deadline = body_deadline_s(n, c.body_timeout_s, c.body_timeout_per_mb_s, c.body_timeout_max_s)
+        return await read_body(request.stream(), length, self.limits.max_body_bytes, deadline)
+
+    def _build(self, parsed: ParsedBody, rid: str, steps: int | None) -> tuple[ReportRequest, RowRequest]:
+        """Decode the images and build the checked row (CPU work: runs off the event loop)."""
+        req = decode_images(parsed, self.limits)
+        f = req.fields
+        budget = f.max_new_tokens or int(self.rows.cfg.max_new_tokens)
+        try:
+            row = self.rows.row(req.images, f.language, f.mode, budget, steps=steps, tag=rid)
+        except InputError as e:
+            raise ApiError(422, str(e)) from None
+        return req, row
+
+    async def _study(self, parsed: ParsedBody, rid: str, steps: int | None = None) -> tuple[ReportRequest, RowRequest, Job]:
         pixels = inspect_images(parsed, self.limits)  # headers only: 413 before any pixel is decoded
         async with self.pixels.hold(pixels):
-            # Image decoding is CPU work: keep it off the event loop (and off the model's worker thread).
-            req = await asyncio.to_thread(decode_images, parsed, self.limits)
+            req, row = await asyncio.to_thread(self._build, parsed, rid, steps)
         if pixels > TRIM_AFTER_PIXELS:
             trim_heap()
-        return req
-
-    def _job(self, req: ReportRequest) -> DecodeJob:
         f = req.fields
-        budget = f.max_new_tokens or int(self.gen.cfg.max_new_tokens)
-        return DecodeJob(req.images, f.language, f.mode, budget, time.monotonic() + self.cfg.decode_timeout_s)
+        job = Job(f.language, f.mode, row.mode.block_size, time.monotonic() + self.cfg.decode_timeout_s)
+        return req, row, job
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # reset from ServeConfig in __init__
-    async def _decode_batch(self, jobs: list[DecodeJob]) -> list[Outcome]:
-        self.stats.record(len(jobs), [len(ix) for ix in group_jobs(jobs).values()])
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, decode_jobs, self.gen, jobs, self.cfg.decode_timeout_s)
+    async def _parse(self, request: Request) -> ParsedBody:
+        body = await self._body(request)
+        return await parse_body(request.headers, body, self.limits)
 
+    async def _prepare(self, request: Request) -> tuple[ReportRequest, RowRequest, Job]:
+        return await self._study(await self._parse(request), request_id(request))
+
+    def _remote(self, row: RowRequest, job: Job, streaming: bool) -> RemoteRow:
+        return RemoteRow(self.rows_out, row, job.deadline, self.tokenizer, job.mode, job.block_size, streaming)
+
+    def _log(self, rid: str, route: str, req: ReportRequest, job: Job, remote: RemoteRow, t0: float) -> None:
+        logger.info("request_id=%s POST %s 200 images=%d bytes=%d mode=%s lang=%s blocks=%d tokens=%d batch=%d "
+                    "latency_ms=%.1f", rid, route, len(req.images), req.n_bytes, job.mode, job.language, remote.blocks,
+                    len(remote.tokens), remote.rows_in_step, (time.perf_counter() - t0) * 1000)  # fmt: skip
+
+    # ---- our API ----------------------------------------------------------------------------------------
     @api.post("/v1/reports", response_model=ReportResponse, responses=ROUTE_ERRORS)
     async def create_report(self, request: Request) -> dict:
         """Generate one report for 1-4 images (multipart upload or JSON with base64 images)."""
-        t0 = time.perf_counter()
-        req = await self._parse(request)
-        job = self._job(req)
-        if self.cont is None:
-            outcome: Outcome = await self._decode_batch(job)
-            if outcome.error is not None:
-                raise outcome.error
-            r, batch = outcome.report, outcome.batch_size
-        else:
-            handle = await self._open(request, job, streaming=False)
-            try:
-                r = await handle.wait()
-            finally:  # cancelled (client gone) or failed: free the slot at the next block edge
-                handle.cancel()
-            batch = handle.rows_in_step
-        latency = time.perf_counter() - t0
-        logger.info("request_id=%s POST /v1/reports 200 images=%d bytes=%d mode=%s lang=%s batch=%d tokens=%d "
-                    "forwards=%d latency_ms=%.1f", request_id(request), len(req.images), req.n_bytes, job.mode,
-                    job.language, batch, len(r.tokens), r.forward_passes, latency * 1000)  # fmt: skip
-        return report_response(r, job.language, self.model_name, latency, batch)
-
-    async def _open(self, request: Request, job: DecodeJob, streaming: bool = True) -> RowHandle:
-        assert self.cont is not None
-        return await self.cont.open(job.images, job.language, job.mode, job.max_new_tokens, job.deadline,
-                                    tag=request_id(request), streaming=streaming)  # fmt: skip
+        t0, rid = time.perf_counter(), request_id(request)
+        parsed = await self._parse(request)
+        fmt = output_format(request.headers.get("accept"), parsed.fields.format)  # 406 before any pixel is decoded
+        req, row, job = await self._study(parsed, rid)  # req keeps the uploaded DICOM files (req.dicom)
+        remote = await decode_plain(self.rows_out, row, job.deadline, self.tokenizer, job.mode, job.block_size, rid)
+        self._log(rid, "/v1/reports", req, job, remote, t0)
+        body = report_response(remote.report(), job.language, self.model_name, time.perf_counter() - t0,
+                               remote.rows_in_step)  # fmt: skip
+        if fmt == "json":
+            return body
+        identity = replace(self.identity, mode=job.mode, block_size=job.block_size)
+        data, media_type = await asyncio.to_thread(render_report, body, fmt, identity, dicom_sources(req.dicom))
+        return Response(data, media_type=media_type)
 
     @api.post("/v1/reports/stream", responses=ROUTE_ERRORS)
     async def stream_report(self, request: Request) -> StreamingResponse:
         """The same request, answered as server-sent events: `block` per finished block, then `final`."""
         t0 = time.perf_counter()
-        req = await self._parse(request)
-        job = self._job(req)
+        req, row, job = await self._prepare(request)
+        if req.fields.format not in (None, "json"):
+            raise ApiError(422, "field 'format': this route answers server-sent events; POST /v1/reports answers "
+                           "dicom-sr and fhir")  # fmt: skip
+        remote = self._remote(row, job, streaming=True)
+        await remote.open()  # 422 / 429 before the 200 status line goes out
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        if self.cont is not None:  # 422 / 429 before the 200 status line goes out
-            handle = await self._open(request, job)
-            events = self._row_events(request, handle, job, req, t0)
-            # The generator's `finally` frees the row once it runs; a client that leaves before the
-            # first block is sent may never start it, so the response's background task does it too.
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers,
-                                     background=BackgroundTask(handle.cancel))  # fmt: skip
-        loop = asyncio.get_running_loop()
-        try:  # validate (context length) before the 200 status line goes out
-            run = await loop.run_in_executor(self.pool, start_generation, self.gen, [job])
-        except InputError as e:
-            raise ApiError(422, str(e)) from None
-        return StreamingResponse(self._events(request, run, job, req, t0), media_type="text/event-stream", headers=headers)
+        # The generator's `finally` frees the row once it runs; a client that leaves before the first
+        # block is sent may never start it, so the response's background task does it too.
+        return StreamingResponse(self._row_events(request, remote, job, req, t0), media_type="text/event-stream",
+                                 headers=headers, background=BackgroundTask(remote.cancel))  # fmt: skip
 
-    async def _events(self, request: Request, run, job: DecodeJob, req: ReportRequest, t0: float) -> AsyncIterator[bytes]:
-        loop, it, text, blocks = asyncio.get_running_loop(), iter(run), "", 0
-        rid = request_id(request)
-        while True:
-            ev = await loop.run_in_executor(self.pool, next, it, None)  # one block per turn on the worker
-            if ev is None:
-                break
-            blocks += 1
-            payload = block_payload(ev, run, text, t0)
-            text = payload["text"]
-            yield sse_event("block", payload)
-            if time.monotonic() > job.deadline and not ev.finished[0]:
-                msg = f"decode did not finish within the limit of {self.cfg.decode_timeout_s:g} s; lower max_new_tokens"
-                logger.info("request_id=%s stream stopped after %d blocks: time limit", rid, blocks)
-                yield sse_event("error", {"error": msg, "status": 503, "request_id": rid})
-                return
-        latency = time.perf_counter() - t0
-        r = run.reports[0]
-        logger.info("request_id=%s POST /v1/reports/stream 200 images=%d bytes=%d mode=%s lang=%s blocks=%d "
-                    "tokens=%d latency_ms=%.1f", rid, len(req.images), req.n_bytes, job.mode, job.language, blocks,
-                    len(r.tokens), latency * 1000)  # fmt: skip
-        final = report_response(r, job.language, self.model_name, latency, 1)
-        yield sse_event("final", {**final, "blocks": blocks})
-
-    async def _row_events(self, request: Request, handle: RowHandle, job: DecodeJob, req: ReportRequest,
+    async def _row_events(self, request: Request, remote: RemoteRow, job: Job, req: ReportRequest,
                           t0: float) -> AsyncIterator[bytes]:  # fmt: skip
-        """Continuous path: one SSE block per row event; the row shares its steps with other requests."""
+        """One SSE block per row event; the row shares its steps with other requests on the engine."""
         rid, text = request_id(request), ""
         try:
             while True:
                 try:
-                    ev = await handle.next_block()
+                    ev = await remote.next_block()
                 except ApiError as e:
-                    logger.info("request_id=%s stream stopped after %d blocks: %s", rid, handle.blocks, e.status)
+                    logger.info("request_id=%s stream stopped after %d blocks: %s", rid, remote.blocks, e.status)
                     yield sse_event("error", {"error": e.message, "status": e.status, "request_id": rid})
                     return
                 if ev is None:
                     break
-                payload = row_block_payload(ev, handle.text(), len(handle.tokens), text, t0)
+                payload = row_block_payload(ev, remote.text(), len(remote.tokens), text, t0)
                 text = payload["text"]
                 yield sse_event("block", payload)
         finally:  # the client closed the stream (generator closed / task cancelled): stop decoding for it
-            handle.cancel()
-        latency = time.perf_counter() - t0
-        r = handle.report()
-        logger.info("request_id=%s POST /v1/reports/stream 200 images=%d bytes=%d mode=%s lang=%s blocks=%d "
-                    "tokens=%d batch=%d latency_ms=%.1f", rid, len(req.images), req.n_bytes, job.mode, job.language,
-                    handle.blocks, len(r.tokens), handle.rows_in_step, latency * 1000)  # fmt: skip
-        final = report_response(r, job.language, self.model_name, latency, handle.rows_in_step)
-        yield sse_event("final", {**final, "blocks": handle.blocks})
+            remote.cancel()
+        self._log(rid, "/v1/reports/stream", req, job, remote, t0)
+        final = report_response(remote.report(), job.language, self.model_name, time.perf_counter() - t0,
+                                remote.rows_in_step)  # fmt: skip
+        yield sse_event("final", {**final, "blocks": remote.blocks})
+
+    # ---- OpenAI's API -------------------------------------------------------------------------------------
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        """OpenAI chat completion: images as image_url data: URLs; see openai_api.py."""
+        t0, rid = time.perf_counter(), request_id(request)
+        body = await self._body(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, f"request content type {ctype[:60] or '(none)'!r} is not supported; send application/json",
+                           "request content type is not supported")  # fmt: skip
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ApiError(400, f"request body is not valid JSON ({e.__class__.__name__})") from None
+        chat = oai.validate_chat(data)
+        parsed, opts = oai.chat_upload(chat, self.limits, self.model_name, self.rows.cfg.block_size, len(body))
+        del body, data
+        req, row, job = await self._study(parsed, rid, opts.steps)
+        if not opts.stream:
+            remote = await decode_plain(self.rows_out, row, job.deadline, self.tokenizer, job.mode, job.block_size, rid)
+            self._log(rid, "/v1/chat/completions", req, job, remote, t0)
+            r = remote.report()
+            return JSONResponse(oai.completion(rid, self.model_name, r.text, r.hit_max_length, remote.prompt_tokens,
+                                               len(r.tokens)))  # fmt: skip
+        remote = self._remote(row, job, streaming=True)
+        await remote.open()
+        return StreamingResponse(self._chat_chunks(rid, remote, opts, req, job, t0), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"}, background=BackgroundTask(remote.cancel))  # fmt: skip
+
+    async def _chat_chunks(self, rid: str, remote: RemoteRow, opts: oai.ChatOptions, req: ReportRequest, job: Job,
+                           t0: float) -> AsyncIterator[bytes]:  # fmt: skip
+        """One chat.completion.chunk per block (finish_reason on the last), usage chunk, [DONE]."""
+        created, sent, role = int(time.time()), "", {"role": "assistant"}
+        try:
+            while True:
+                try:
+                    ev = await remote.next_block()
+                except ApiError as e:
+                    logger.info("request_id=%s chat stream stopped after %d blocks: %s", rid, remote.blocks, e.status)
+                    yield oai.sse_data(oai.error_body(e.status, e.message))
+                    return
+                if ev is None:
+                    break
+                text = remote.text().strip() if ev.finished else remote.text().lstrip()
+                delta = text[len(sent) :] if ev.finished else oai.stable_delta(text, sent)
+                sent += delta
+                finish = oai.finish_reason(ev.hit_max) if ev.finished else None
+                yield oai.chunk(rid, self.model_name, created, {**role, "content": delta}, finish, opts.include_usage)
+                role = {}
+        finally:
+            remote.cancel()
+        self._log(rid, "/v1/chat/completions", req, job, remote, t0)
+        if opts.include_usage:
+            yield oai.usage_chunk(rid, self.model_name, created, remote.prompt_tokens, len(remote.tokens))
+        yield oai.DONE
+
+    @api.get("/v1/models", responses={401: ERROR_RESPONSES[401]})
+    async def models(self, request: Request) -> dict:
+        """The served model, in OpenAI's list shape."""
+        self._authorize(request)
+        return oai.models_list(self.model_name, self.created, self.rows.cfg.block_size)
+
+    # ---- operations ---------------------------------------------------------------------------------------
+    @api.get("/v1/status", responses={401: ERROR_RESPONSES[401]})
+    async def status(self, request: Request) -> dict:
+        """Decode settings and limits, and one engine replica's slots, queue and rows per step."""
+        self._authorize(request)
+        g, c = self.rows.cfg, self.cfg
+        engine = await self.engine.stats.remote()
+        model = {
+            "id": self.model_name, "block_size": g.block_size, "modes": ["onestep", "multistep", "ar"],
+            "default_mode": g.mode, "cache": g.cache, "languages": ["en", "zh"],
+            "default_max_new_tokens": g.max_new_tokens, "max_new_tokens_limit": c.max_new_tokens_limit,
+            "limits": {"max_body_bytes": c.max_body_bytes, "max_images": c.max_images, "max_pixels": c.max_pixels,
+                       "decode_timeout_s": c.decode_timeout_s},
+        }  # fmt: skip
+        replica = engine.pop("replica")
+        return {"model": model, "replica": replica, "batching": {"mode": "continuous", **engine}}
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -343,43 +377,12 @@ class ReportService:
 
     @api.get("/readyz")
     async def readyz(self) -> Response:
-        ok = self.ready
-        body = {"ready": ok, "model": self.model_name, "warmup_ms": self.warmup_ms}
-        return JSONResponse(body, 200 if ok else 503)
-
-    @api.get("/v1/models", responses={401: ERROR_RESPONSES[401]})
-    async def models(self, request: Request) -> dict:
-        """The served model, its decode settings and limits, and this replica's observed batch sizes."""
-        self._authorize(request)
-        g, c = self.gen, self.cfg
-        ctx = serve.get_replica_context()
-        replica = getattr(getattr(ctx, "replica_id", None), "unique_id", "") or ""
-        model = {
-            "id": self.model_name, "object": "model", "block_size": g.cfg.block_size, "modes": ["onestep", "multistep", "ar"],
-            "default_mode": g.cfg.mode, "cache": g.cfg.cache, "languages": ["en", "zh"],
-            "default_max_new_tokens": g.cfg.max_new_tokens, "max_new_tokens_limit": c.max_new_tokens_limit,
-            "limits": {"max_body_bytes": c.max_body_bytes, "max_images": c.max_images, "max_pixels": c.max_pixels,
-                       "decode_timeout_s": c.decode_timeout_s},
-            "batching": self._batching_settings(),
-        }  # fmt: skip
-        return {"object": "list", "data": [model], "replica": replica, "batching": self._batching_state()}
-
-    def _batching_settings(self) -> dict:
-        c = self.cfg
-        if self.cont is None:
-            return {"mode": "static", "max_batch_size": c.max_batch_size, "batch_wait_timeout_s": c.batch_wait_timeout_s}
-        return {"mode": "continuous", "slots": self.cont.scheduler.slots, "max_queue": c.max_queue}
-
-    def _batching_state(self) -> dict:
-        """Observed batching: slots in use, queue length, rows per step (continuous) or batch sizes."""
-        if self.cont is None:
-            return {"mode": "static", **self.stats.as_dict()}
-        return {"mode": "continuous", **self.cont.scheduler.snapshot()}
+        return JSONResponse({"ready": self.ready, "model": self.model_name}, 200 if self.ready else 503)
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi_json(self, request: Request) -> JSONResponse:
         if self._openapi is None:
-            self._openapi = service_openapi(request.app, self.limits, auth_on=bool(self.token))
+            self._openapi = service_openapi(request.app, self.limits, auth_on=bool(self.token), model=self.model_name)
         return JSONResponse(self._openapi)
 
     @api.get("/docs", include_in_schema=False)

@@ -8,8 +8,7 @@ the same object `/v1/reports` returns. A failure after the stream started become
 with the status the plain route would have used.
 
 Usage:
-    yield sse_event("block", block_payload(event, run, t0))            # static path (Generation)
-    yield sse_event("block", row_block_payload(row_event, text, n_tokens, previous_text, t0))  # continuous
+    yield sse_event("block", row_block_payload(row_event, text, n_tokens, previous_text, t0))
     yield sse_event("final", report_response(...))
     parse_sse(body_text)   # [(event, data_dict), ...] (tests, benchmark)
 """
@@ -20,31 +19,14 @@ import json
 import time
 from typing import Any
 
-from echo_ray.decode.blockwise import BlockEvent
-from echo_ray.decode.generator import Generation
 
 
 def sse_event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
 
 
-def block_payload(ev: BlockEvent, run: Generation, previous_text: str, t0: float) -> dict[str, Any]:
-    """Row 0 of a one-study Generation after block `ev.index`."""
-    text = run.text(0)
-    delta = text[len(previous_text) :] if text.startswith(previous_text) else text
-    return {
-        "index": ev.index,
-        "new_tokens": len(ev.tokens[0]),
-        "tokens": len(run.tokens[0]),
-        "text": text,
-        "delta": delta,
-        "finished": bool(ev.finished[0]),
-        "elapsed_ms": round((time.perf_counter() - t0) * 1000, 2),
-    }
-
-
 def row_block_payload(ev, text: str, n_tokens: int, previous_text: str, t0: float) -> dict[str, Any]:
-    """The same `block` payload for one engine row event (`RowEvent`) of the continuous path."""
+    """The `block` payload of one engine row event (`RowEvent`)."""
     delta = text[len(previous_text) :] if text.startswith(previous_text) else text
     return {
         "index": ev.block,

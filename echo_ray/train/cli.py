@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from echo_ray.commands import add_config_args, config_from_args
+from echo_ray.config.args import add_config_args, config_from_args
 from echo_ray.storage import shown_path
 
 TRAIN_STAGES = ("cpt", "rad")

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 
 from echo_ray.config import PromptConfig
+from echo_ray.data.images import read_image
 from echo_ray.errors import InputError
 from echo_ray.model.prompt import StudyPrompt, build_prompt, response_ids
 from echo_ray.report import format_report
-from echo_ray.storage import read_image
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ stage run) and the registry of stages the shared loop can run.
 
 Usage:
     job = StageJob(stage="rad", cfg=cfg.train.rad, dist=cfg.train.distributed, prompt=cfg.prompt,
-                   model_path="runs/cpt/final", block_size=8)   # RAD reads job.cfg.noise
+                   model_path="runs/cpt/final", model=cfg.model)   # RAD reads job.cfg.noise
     stage = build_stage(job)
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from echo_ray.config import CptConfig, DcdConfig, DistributedConfig, PromptConfig, RadConfig
+from echo_ray.config import CptConfig, DcdConfig, DistributedConfig, ModelConfig, PromptConfig, RadConfig
 from echo_ray.train.examples import Limits, PromptCache
 from echo_ray.train.stage import Stage
 
@@ -43,12 +43,7 @@ class StageJob:
     dist: DistributedConfig
     prompt: PromptConfig
     model_path: str  # resolved init checkpoint (local dir on shared storage, or s3://)
-    block_size: int
-    dtype: str = "float32"
-    attn_implementation: str = "sdpa"
-    cache_dir: str = "~/.cache/echo_ray/models"
-    max_pixels: int | None = None  # image processor bounds (model.max_pixels / min_pixels)
-    min_pixels: int | None = None
+    model: ModelConfig  # the run's `model` section: block size, loading settings, image bounds
     fault: FaultSpec | None = None
 
     @property

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,24 +46,24 @@ from echo_ray.train.stage import Batch, ModelParts, Stage, StageModule
 def load_parts(job: StageJob, device: torch.device) -> ModelParts:
     """Load the init checkpoint on this worker and prepare it for training."""
     bf16_weights = job.dist.bf16 and device.type == "cuda" and resolve_backend(job.dist.backend) == "deepspeed"
+    # Trained weights stay float32 (AMP) except under DeepSpeed bf16; model.dtype is the inference precision.
+    model_cfg = replace(job.model, dtype="bfloat16" if bf16_weights else "float32")
     # RAD starts from an AR model: the one place where a MASK token is added (CPT needs none).
-    ckpt = load_checkpoint(job.model_path, "bfloat16" if bf16_weights else "float32", job.attn_implementation,
-                           job.cache_dir, add_mask_token=job.stage == "rad",
-                           max_pixels=job.max_pixels, min_pixels=job.min_pixels)  # fmt: skip
+    ckpt = load_checkpoint(job.model_path, model_cfg, add_mask_token=job.stage == "rad")
     if ckpt.mask_id is None and job.stage != "cpt":
         from echo_ray.errors import InputError
         from echo_ray.model.published import missing_mask_message
 
         raise InputError(missing_mask_message(job.model_path))
     model = ckpt.model
-    write_echo_meta(model.config, ckpt.mask_id, job.block_size)
+    write_echo_meta(model.config, ckpt.mask_id, job.model.block_size)
     if job.cfg.freeze_vision:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
     if job.dist.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    return ModelParts(model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, job.block_size, job.prompt)
+    return ModelParts(model, ckpt.tokenizer, ckpt.image_processor, ckpt.mask_id, job.model.block_size, job.prompt)
 
 
 def noise_seed(seed: int, step: int, rank: int, micro: int) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 
-from echo_ray.config import CptConfig, DcdConfig, EchoConfig, RadConfig
+from echo_ray.config import CptConfig, DcdConfig, EchoConfig, RadConfig, check_section
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, set_pixel_bounds
 from echo_ray.storage import download_dir, exists, is_s3, join, list_files, resolve_fs, upload_dir
@@ -47,10 +47,10 @@ def stage_config(cfg: EchoConfig, stage: str) -> CptConfig | RadConfig | DcdConf
 
 
 def check_settings(cfg: EchoConfig, stage: str) -> None:
-    # The sections' own ranges run when a config is loaded (config.from_dict); again here for
+    # The sections' own ranges run when a config is loaded (pydantic, config/section.py); again here for
     # configs built in code.
-    stage_config(cfg, stage).check(f"train.{stage}")
-    cfg.train.distributed.check("train.distributed")
+    check_section(stage_config(cfg, stage), f"train.{stage}")
+    check_section(cfg.train.distributed, "train.distributed")
     if cfg.model.attn_implementation == "flash_attention_2":
         raise ConfigError(
             "model.attn_implementation=flash_attention_2 cannot take ECHO's explicit block masks; train with "
@@ -159,9 +159,7 @@ def plan_stage(cfg: EchoConfig, stage: str, fault: FaultSpec | None = None) -> S
     if not is_s3(s.output_dir):  # workers run in other directories (and on other nodes)
         s = replace(s, output_dir=str(Path(s.output_dir).expanduser().resolve()))
     job = StageJob(
-        stage=stage, cfg=s, dist=d, prompt=cfg.prompt, model_path=model_path, block_size=cfg.model.block_size,
-        dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation, cache_dir=cfg.model.cache_dir,
-        fault=fault, max_pixels=cfg.model.max_pixels, min_pixels=cfg.model.min_pixels,
+        stage=stage, cfg=s, dist=d, prompt=cfg.prompt, model_path=model_path, model=cfg.model, fault=fault
     )  # fmt: skip
     storage = d.storage_path or join(s.output_dir, "ray")
     if not is_s3(storage):

@@ -43,7 +43,7 @@ class LoopCallbacks:
         """After the last step, on every rank."""
 
 
-Item = Union[tuple[list[dict], DataPosition], LoopEvent]
+Item = Union[tuple[list, DataPosition], LoopEvent]  # rows: dataset dicts (CPT, RAD), TrajectoryRecords (DCD)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class RowStream:
     batches: Iterator[Item]
     callbacks: LoopCallbacks = field(default_factory=LoopCallbacks)
 
-    def next_rows(self) -> tuple[list[dict], DataPosition]:
+    def next_rows(self) -> tuple[list, DataPosition]:
         """The next micro-batch; events on the way go to the callbacks."""
         while True:
             item = next(self.batches)

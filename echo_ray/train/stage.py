@@ -73,8 +73,8 @@ class Stage(Protocol):
 
     name: str
 
-    def build_batch(self, rows: list[dict], parts: ModelParts, generator: torch.Generator) -> Batch:
-        """Rows (dicts of the normalized dataset) -> CPU batch. `generator` drives any noise."""
+    def build_batch(self, rows: list, parts: ModelParts, generator: torch.Generator) -> Batch:
+        """Rows (normalized dataset dicts; DCD: TrajectoryRecords) -> CPU batch. `generator` drives any noise."""
         ...
 
     def loss(self, model: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -17,11 +17,12 @@ import argparse
 import logging
 import sys
 
-from echo_ray.commands import add_config_args
-from echo_ray.commands import config_from_args as load_tree
 from echo_ray.config import NormalizeConfig, SourceSpec
+from echo_ray.config.args import add_config_args
+from echo_ray.config.args import config_from_args as load_tree
+from echo_ray.config.paths import resolve_stage_path
 from echo_ray.errors import ConfigError
-from echo_ray.storage import resolve_stage_path, shown_path
+from echo_ray.storage import shown_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,8 @@ Modules:
     tasks       the dcd split cut into held-out prompts, fresh prompts per round, spares
     teacher     TeacherWorker: the actor body that decodes prompts with the frozen teacher
     pool        TeacherPool: N actors, in-flight tracking, dead-actor replacement
-    stream      step packets, the packer that keeps workers in step, idle-time accounting
+    messages    the typed stream messages: Step (records), RoundEnd, Stop, Failed
+    stream      the packer that keeps workers in step, the queue reader, the packet log for replay
     feeder      driver thread: teacher results -> Parquet + bounded per-worker queues, metrics
     worker      the row source inside each Ray Train worker, per-round agreement
     batch       DcdStage: student rows in the RAD layout with their targets, and the loss call

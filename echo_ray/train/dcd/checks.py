@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_ray.config import EchoConfig
+from echo_ray.config import EchoConfig, check_section
 from echo_ray.config.training import DcdTeacherConfig
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, read_echo_meta
@@ -70,10 +70,10 @@ def writes_trajectories(t: DcdTeacherConfig, output_dir: str) -> bool:
 def check_dcd_settings(cfg: EchoConfig) -> None:
     t, s, W = cfg.train.dcd_teacher, cfg.train.dcd, cfg.train.distributed.num_workers
     where = "train.dcd_teacher"
-    t.check(where)  # also run when loaded; configs built in code come here
+    check_section(t, where)  # also run when loaded; configs built in code come here
     if t.prompts_per_round < W:
         raise ConfigError(f"{where}.prompts_per_round={t.prompts_per_round} gives some of the {W} workers no rows")
-    s.loss.check("train.dcd.loss")
+    check_section(s.loss, "train.dcd.loss")
     B = cfg.model.block_size
     if t.teacher_steps is not None and not 1 <= t.teacher_steps <= B:
         raise ConfigError(f"{where}.teacher_steps={t.teacher_steps} must be in 1..block size {B}")

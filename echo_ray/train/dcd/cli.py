@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from echo_ray.commands import add_config_args, config_from_args
+from echo_ray.config.args import add_config_args, config_from_args
 from echo_ray.storage import shown_path
 
 FLAG_KEYS = {

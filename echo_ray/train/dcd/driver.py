@@ -43,7 +43,7 @@ from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_v
 from echo_ray.train.dcd.feeder import Feeder
 from echo_ray.train.dcd.pool import TeacherPool
 from echo_ray.train.dcd.replay import replay_heldout, replay_results, review_results
-from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories, to_row
+from echo_ray.train.dcd.store import TrajectoryWriter, count_trajectories
 from echo_ray.train.dcd.stream import PACKETS_FILE, PacketLog, planned_steps
 from echo_ray.train.dcd.tasks import TaskPlan, TaskQueue, load_tasks, plan_tasks
 from echo_ray.train.dcd.teacher import TeacherSpec, TeacherWorker
@@ -99,12 +99,17 @@ def _queues(cfg: EchoConfig, W: int, batch_size: int) -> list:
     return [Queue(maxsize=per_worker, actor_options={"num_cpus": 0}) for _ in range(W)]
 
 
+def teacher_spec(cfg: EchoConfig) -> TeacherSpec:
+    """What every teacher actor loads and decodes with, from the run's config."""
+    t = cfg.train.dcd_teacher
+    return TeacherSpec(t.teacher, t.teacher_steps, t.top_k, t.max_new_tokens, model=cfg.model, prompt=cfg.prompt,
+                       threads=max(1, math.ceil(t.teacher_cpus)), batch_size=t.teacher_batch_size,
+                       student=t.on_policy_student)  # fmt: skip
+
+
 def _teacher_pool(cfg: EchoConfig, worker_cls: type) -> TeacherPool:
-    t, m = cfg.train.dcd_teacher, cfg.model
-    spec = TeacherSpec(t.teacher, t.teacher_steps, t.top_k, t.max_new_tokens, m.dtype, m.attn_implementation,
-                       m.cache_dir, cfg.prompt, threads=max(1, math.ceil(t.teacher_cpus)),
-                       batch_size=t.teacher_batch_size, student=t.on_policy_student)  # fmt: skip
-    return TeacherPool(worker_cls, (spec,), t.num_teachers, num_cpus=t.teacher_cpus, num_gpus=t.teacher_gpus)
+    t = cfg.train.dcd_teacher
+    return TeacherPool(worker_cls, (teacher_spec(cfg),), t.num_teachers, num_cpus=t.teacher_cpus, num_gpus=t.teacher_gpus)
 
 
 def _plan_prompts(cfg: EchoConfig, plan: StagePlan) -> TaskPlan | None:
@@ -193,7 +198,7 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
         queues = _queues(cfg, W, bs)
         feeder = Feeder(results, expected, queues, bs, writer, log_path=None if is_s3(out) else join(out, "teacher_metrics.jsonl"),
                         on_failures=queue.replace if queue is not None else None, packet_log=_packet_log(writer))  # fmt: skip
-        source = DcdRowSource(queues, [to_row(r) for r in heldout], t.max_new_tokens, out,
+        source = DcdRowSource(queues, heldout, t.max_new_tokens, out,
                               trajectories=str(writer.root) if writer is not None else "")  # fmt: skip
         outcome = _fit(plan, source, feeder)
     finally:

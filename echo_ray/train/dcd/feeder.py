@@ -1,19 +1,19 @@
-"""The driver-side feeder: teacher results -> Parquet + per-worker step packets, with metrics.
+"""The driver-side feeder: teacher results -> Parquet + per-worker `Step` messages, with metrics.
 
 It runs in a thread beside `TorchTrainer.fit()`. It pulls `TeacherResult`s (from `TeacherPool.map`
-or a Parquet replay), writes each result's records to the trajectory store, groups rows into
-global steps (`StepPacker`), and puts one packet per step into every worker's bounded queue. A
+or a Parquet replay), writes each result's records to the trajectory store, groups records into
+global steps (`StepPacker`), and puts one `Step` per step into every worker's bounded queue. A
 put on a full queue blocks, which is the back-pressure (see `stream`). Rounds are closed in order:
 a round ends when all of its tasks came back as records or failures; results of a later round that
 complete early wait (bounded by the pool's in-flight window).
 
-With a `packet_log` (stream.PacketLog) every step and round_end is logged, by uid, before it is
+With a `packet_log` (stream.PacketLog) every Step and RoundEnd is logged, by uid, before it is
 put, so a restarted train worker group can replay what the dead one had taken (worker.py).
 
 Failed studies (unreadable images) are reported through `on_failures`, which queues spares; the
 round then waits for `expected` records. Without it, failures count toward closing the round.
 
-Metrics per round (sent to the workers in the round_end packet and appended to
+Metrics per round (sent to the workers in the `RoundEnd` message and appended to
 `<output>/teacher_metrics.jsonl`): records, failures (with reasons), teacher tokens, busy seconds,
 records/s and tokens/s over the round's wall time, queue depth (mean/max over puts, in packets per
 worker queue), and the seconds the feeder was blocked on full queues.
@@ -32,8 +32,10 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from echo_ray.train.dcd.store import TrajectoryWriter, to_row
+from echo_ray.train.dcd.messages import Failed, Message, RoundEnd, Step, Stop
+from echo_ray.train.dcd.store import TrajectoryWriter
 from echo_ray.train.dcd.stream import PacketLog, StepPacker
+from echo_ray.train.dcd.trajectory import TrajectoryRecord
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class Feeder:
         self.log_path = Path(log_path) if log_path else None
         self.packer = StepPacker(len(queues), batch_size)
         self.rounds = {r: _RoundStats(n, on_failures is None) for r, n in sorted(expected.items())}
-        self.buffers: dict[int, list] = {r: [] for r in self.rounds}
+        self.buffers: dict[int, list[TrajectoryRecord]] = {r: [] for r in self.rounds}
         self.order = sorted(self.rounds)
         self.poll_s = poll_s
         self.stop_event = threading.Event()
@@ -101,7 +103,7 @@ class Feeder:
             raise self.error
         return self.summaries
 
-    def _try_put(self, q, packet: dict) -> bool:
+    def _try_put(self, q, packet: Message) -> bool:
         from ray.util.queue import Full
 
         if self.stop_event.is_set():
@@ -112,7 +114,7 @@ class Feeder:
         except Full:
             return False
 
-    def _put(self, packets: list[dict], stats: _RoundStats | None) -> None:
+    def _put(self, packets: list[Message], stats: _RoundStats | None) -> None:
         """packets[w] into worker w's queue, blocking while it is full (the back-pressure)."""
         t0 = time.perf_counter()
         if self.packet_log is not None:
@@ -124,15 +126,15 @@ class Feeder:
             stats.blocked_s += time.perf_counter() - t0
             stats.depths.append(sum(q.qsize() for q in self.queues) / len(self.queues))
 
-    def _broadcast(self, packet: dict) -> None:
+    def _broadcast(self, packet: Message) -> None:
         self._put([packet] * len(self.queues), None)
 
-    def _emit_steps(self, steps: list[list[list]], r: int) -> None:
+    def _emit_steps(self, steps: list[list[list[TrajectoryRecord]]], r: int) -> None:
         stats = self.rounds[r]
         for per_worker in steps:
             self._step += 1
             stats.steps += 1
-            self._put([{"kind": "step", "round": r, "step": self._step, "rows": rows} for rows in per_worker], stats)
+            self._put([Step(r, self._step, tuple(records)) for records in per_worker], stats)
 
     def _close_ready_rounds(self) -> None:
         while self.order and self.rounds[self.order[0]].done:
@@ -147,7 +149,7 @@ class Feeder:
                     f.write(json.dumps(summary) + "\n")
             log.info("DCD round %d collected: %d records, %d failures, %.2f records/s", r, summary["records"],
                      summary["failures"], summary["teacher_records_per_s"])  # fmt: skip
-            self._broadcast({"kind": "round_end", "round": r, "stats": summary})
+            self._broadcast(RoundEnd(r, summary))
 
     def _accept(self, result) -> None:
         r = result.round_index
@@ -165,7 +167,7 @@ class Feeder:
         st.busy_s += result.seconds
         if self.writer is not None and not result.stored:
             self.writer.write(result.records, r)
-        self.buffers[r].extend(to_row(rec) for rec in result.records)
+        self.buffers[r].extend(result.records)
         if self.order and r == self.order[0]:
             self._emit_steps(self.packer.add(self.buffers[r]), r)
             self.buffers[r] = []
@@ -184,13 +186,13 @@ class Feeder:
             if self.unassigned:
                 log.warning("DCD: %d trajectory rows were left over after the last round (fewer than one per "
                             "worker) and were not trained on", self.unassigned)  # fmt: skip
-            self._broadcast({"kind": "stop", "unassigned": self.unassigned})
+            self._broadcast(Stop(self.unassigned))
         except InterruptedError:
             return
         except BaseException as e:  # noqa: BLE001 - forwarded to the workers and re-raised by join()
             self.error = e
             for q in self.queues:
                 try:
-                    q.put({"kind": "error", "message": f"{type(e).__name__}: {e}"}, block=True, timeout=5)
+                    q.put(Failed(f"{type(e).__name__}: {e}"), block=True, timeout=5)
                 except Exception:  # noqa: BLE001 - the queue itself may be gone
                     pass

@@ -24,7 +24,7 @@ image processor and prompt config, and checks the ids against the ones the teach
 
 Usage:
     stage = DcdStage(Limits(2048, 256), DcdLossConfig())
-    batch = stage.build_batch(rows, parts, generator)        # rows: store.to_row(record) dicts
+    batch = stage.build_batch(records, parts, generator)     # the teacher's TrajectoryRecords
     loss, metrics = stage.loss(model, batch.to(device))
 """
 
@@ -38,7 +38,6 @@ from echo_ray.errors import InputError
 from echo_ray.model.forward import extend_positions, lm_logits, prompt_positions
 from echo_ray.model.masks import rad_mask
 from echo_ray.train.dcd.loss import commit_weights, dcd_loss, sharpen_targets
-from echo_ray.train.dcd.store import from_row
 from echo_ray.train.dcd.trajectory import TrajectoryRecord
 from echo_ray.train.examples import Limits, PromptCache
 from echo_ray.train.noise import mix_block_tokens
@@ -128,8 +127,7 @@ class DcdStage:
             )
         return prompt
 
-    def build_batch(self, rows: list[dict], parts: ModelParts, generator: torch.Generator) -> Batch:
-        recs = [from_row(r) for r in rows]
+    def build_batch(self, recs: list[TrajectoryRecord], parts: ModelParts, generator: torch.Generator) -> Batch:
         B = parts.block_size
         if any(r.block_size != B for r in recs) or len({r.top_k for r in recs}) != 1:
             raise InputError(f"trajectories in one batch must share the student's block size {B} and one top-K width")

@@ -53,7 +53,7 @@ SCHEMA = pa.schema(
 
 
 def to_row(r: TrajectoryRecord) -> dict:
-    """A record as one flat row (SCHEMA's columns; arrays stay numpy): the unit the trainer receives."""
+    """A record as one flat row (SCHEMA's columns; arrays stay numpy): one row of the Parquet table."""
     t = r.task
     return dict(uid=t.uid, study_id=t.study_id, language=t.language,
                 images=[{"path": im["path"], "view": im.get("view", "")} for im in t.images],

@@ -14,15 +14,16 @@ out as one or two steps of at least `num_workers` rows. If a whole round has few
 workers (possible only when studies fail), they are carried into the next round; after the last
 round they are reported as `unassigned` (counted, logged, never silent).
 
-Packets: {"kind": "step", "round", "step", "rows"} and {"kind": "round_end", "round", "stats"}
-(the feeder's teacher metrics for that round), then {"kind": "stop"}; a feeder that fails sends
-{"kind": "error", "message"} so no worker waits forever.
+Packets are the typed messages of `messages`: a `Step` per worker and step, a `RoundEnd` (the
+feeder's teacher metrics for that round) after a round's last step, then `Stop`; a feeder that
+fails sends `Failed` so no worker waits forever.
 
-Replay after a train worker dies: the feeder also appends every step and round_end it sends to a
-`PacketLog` (uids only; the rows are in the trajectory store). A restarted worker group resumes from
-its last checkpoint (step s) and `replay_packets` rebuilds, for one worker, every logged packet after
-s, in order; the live queue continues after them, skipping every packet that was logged when the
-worker opened its stream (replayed now or trained before the checkpoint; `packet_key`).
+Replay after a train worker dies: the feeder also appends every Step and RoundEnd it sends to a
+`PacketLog` (JSON lines, steps by uid; the records are in the trajectory store). A restarted
+worker group resumes from its last checkpoint (step s) and `replay_packets` rebuilds, for one
+worker, every logged packet after s, in order; the live queue continues after them, skipping
+every packet that was logged when the worker opened its stream (replayed now or trained before the
+checkpoint; `messages.message_key`).
 
 Usage:
     packer = StepPacker(num_workers=2, batch_size=4)
@@ -37,6 +38,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from echo_ray.train.dcd.messages import Failed, Message, RoundEnd, Step, Stop, unknown
 
 
 def deal(rows: list, num_workers: int) -> list[list]:
@@ -90,7 +93,7 @@ def planned_steps(rows_per_round: int, num_workers: int, batch_size: int) -> int
 
 
 class PacketReader:
-    """Iterates a worker's queue until "stop", timing how long the worker waited for packets.
+    """Iterates a worker's queue (Steps, RoundEnds) until Stop, timing how long the worker waited.
 
     A background thread keeps up to `prefetch` packets fetched ahead of the loop, so the queue
     actor's round trip (several ms per `get` on a busy node) overlaps the step being trained and
@@ -112,8 +115,8 @@ class PacketReader:
         self._thread: threading.Thread | None = None
 
     def _fetch(self) -> None:
-        """Thread body: queue -> local buffer until stop/error (a daemon: it dies with the worker process);
-        a failing queue becomes an error packet."""
+        """Thread body: queue -> local buffer until Stop/Failed (a daemon: it dies with the worker process);
+        a failing queue becomes a Failed message."""
         from ray.util.queue import Empty
 
         try:
@@ -126,12 +129,12 @@ class PacketReader:
                     except Empty:
                         continue
                 self._ahead.put(packet)
-                if packet["kind"] in ("stop", "error"):
+                if isinstance(packet, (Stop, Failed)):
                     return
         except Exception as e:  # noqa: BLE001 - e.g. the queue actor died: the loop must not wait forever
-            self._ahead.put({"kind": "error", "message": f"reading the teacher queue failed: {type(e).__name__}: {e}"})
+            self._ahead.put(Failed(f"reading the teacher queue failed: {type(e).__name__}: {e}"))
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Step | RoundEnd]:
         if self._thread is None:
             self._thread = threading.Thread(target=self._fetch, name="dcd-packet-prefetch", daemon=True)
             self._thread.start()
@@ -145,43 +148,51 @@ class PacketReader:
             else:
                 self.wait_s += waited
             self.packets += 1
-            if packet["kind"] == "stop":
-                return
-            if packet["kind"] == "error":
-                raise RuntimeError(f"DCD feeder failed: {packet['message']}")
-            yield packet
+            match packet:
+                case Stop():
+                    return
+                case Failed(reason=reason):
+                    raise RuntimeError(f"DCD feeder failed: {reason}")
+                case Step() | RoundEnd():
+                    yield packet
+                case _:
+                    unknown(packet)
 
 
 PACKETS_FILE = "packets.jsonl"
 
 
 class PacketLog:
-    """Append-only record of the packets sent to the workers, one line per step or round_end."""
+    """Append-only record of the packets sent to the workers, one JSON line per step or round end:
+    {"kind": "step", "round", "step", "uids": [per worker]} or {"kind": "round_end", "round", "stats"}."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def append(self, packets: list[dict]) -> None:
+    def append(self, packets: list[Message]) -> None:
         """`packets[w]` is what worker w gets; steps are logged by uid, round ends with their stats."""
-        kind = packets[0]["kind"]
-        if kind == "step":
-            entry = {"kind": "step", "round": packets[0]["round"], "step": packets[0]["step"],
-                     "uids": [[row["uid"] for row in p["rows"]] for p in packets]}  # fmt: skip
-        elif kind == "round_end":
-            entry = {"kind": "round_end", "round": packets[0]["round"], "stats": packets[0]["stats"]}
-        else:
-            return
+        match packets[0]:
+            case Step(round=r, step=step):
+                entry = {"kind": "step", "round": r, "step": step,
+                         "uids": [[rec.uid for rec in p.records] for p in packets]}  # fmt: skip
+            case RoundEnd(round=r, stats=stats):
+                entry = {"kind": "round_end", "round": r, "stats": stats}
+            case Stop() | Failed():
+                return
+            case other:
+                unknown(other)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
 
 
-def replay_packets(log_path: str | Path, rows_by_uid, rank: int, after_step: int) -> tuple[list[dict], set[tuple]]:
-    """Worker `rank`'s packets logged after step `after_step`, rows looked up by uid, in order, and
-    the keys (`packet_key`) of every packet logged so far.
+def replay_packets(log_path: str | Path, records_by_uid, rank: int,
+                   after_step: int) -> tuple[list[Step | RoundEnd], set[tuple]]:  # fmt: skip
+    """Worker `rank`'s packets logged after step `after_step`, records looked up by uid, in order, and
+    the keys (`messages.message_key`) of every packet logged so far.
 
-    rows_by_uid(uids) -> {uid: row} (the trajectory store). `after_step` 0: from the first packet
-    (a fresh start, or a restart before the first checkpoint). Raises when the log lacks that step.
+    records_by_uid(uids) -> {uid: TrajectoryRecord} (the trajectory store). `after_step` 0: from the
+    first packet (a fresh start, or a restart before the first checkpoint). Raises when the log lacks that step.
     A packet is logged before it is put, so whatever a queue holds now has one of the returned keys:
     the reader skips those (trained from the log now, or before the checkpoint).
     """
@@ -192,13 +203,19 @@ def replay_packets(log_path: str | Path, rows_by_uid, rank: int, after_step: int
         raise RuntimeError(f"{log_path} has no step {after_step}: cannot replay the DCD stream after it")
     tail = entries[at[0] + 1 :] if after_step else entries
     need = {u for e in tail if e["kind"] == "step" for u in e["uids"][rank]}
-    rows = rows_by_uid(need) if need else {}
-    packets = [{"kind": "step", "round": e["round"], "step": e["step"], "rows": [rows[u] for u in e["uids"][rank]]}
-               if e["kind"] == "step" else dict(e) for e in tail]  # fmt: skip
-    return packets, {packet_key(e) for e in entries}
+    records = records_by_uid(need) if need else {}
+    return [_message(e, records, rank) for e in tail], {_entry_key(e) for e in entries}
 
 
-def packet_key(packet: dict) -> tuple:
-    """A packet's identity in the stream: a step by its number, a round end by its round."""
-    kind = packet["kind"]
-    return (kind, packet.get("step")) if kind == "step" else (kind, packet.get("round"))
+def _message(entry: dict, records: dict, rank: int) -> Step | RoundEnd:
+    """A logged packet back as the message worker `rank` got (`records`: the step's records by uid)."""
+    if entry["kind"] == "step":
+        return Step(entry["round"], entry["step"], tuple(records[u] for u in entry["uids"][rank]))
+    if entry["kind"] == "round_end":
+        return RoundEnd(entry["round"], entry["stats"])
+    raise RuntimeError(f"unknown entry kind {entry['kind']!r} in the DCD packet log")
+
+
+def _entry_key(entry: dict) -> tuple[str, int]:
+    """`messages.message_key` of a logged packet, without reading its records."""
+    return ("step", entry["step"]) if entry["kind"] == "step" else ("round_end", entry["round"])

@@ -12,7 +12,7 @@ account for it; anything else is a bug and propagates. The class is plain Python
 wraps it with `ray.remote` (1 GPU per actor on a cluster, a CPU fraction locally).
 
 Usage:
-    w = TeacherWorker(TeacherSpec(path="runs/rad/final", steps=4, top_k=64, max_new_tokens=160))
+    w = TeacherWorker(TeacherSpec(path="runs/rad/final", steps=4, top_k=64, max_new_tokens=160, model=cfg.model))
     result = w.decode(tasks, round_index=0)        # TeacherResult(records, failures, seconds, tokens)
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from echo_ray.config import PromptConfig, SlotsConfig
+from echo_ray.config import ModelConfig, PromptConfig, SlotsConfig
 from echo_ray.decode.batch import collate_prompts
 from echo_ray.decode.blockwise import BlockDecoder
 from echo_ray.decode.engine import DecodeEngine, RowMode
@@ -45,11 +45,10 @@ class TeacherSpec:
     steps: int | None = None  # None = block size
     top_k: int = 64
     max_new_tokens: int = 160
-    dtype: str = "float32"
-    attn_implementation: str = "sdpa"
-    cache_dir: str = "~/.cache/echo_ray/models"
+    # The run's `model` section, as the student's stage loads it: the same image bounds give the same prompts.
+    model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    device: str = "auto"  # auto = cuda when the actor was given a GPU
+    device: str = "auto"  # echo_ray.model.checkpoint.resolve_device: cuda when the actor was given a GPU
     threads: int = 1  # torch CPU threads (the actor's CPU share, rounded up)
     engine: str = "static"  # static = DecodeEngine; reference = BlockDecoder
     batch_size: int = 4  # engine slots: the most prompts one decode call holds
@@ -71,12 +70,9 @@ class TeacherWorker:
     """Loads the frozen teacher once; `decode` turns task batches into trajectory records."""
 
     def __init__(self, spec: TeacherSpec, name: str = ""):
-        device = spec.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.set_num_threads(max(1, spec.threads))
         self.spec, self.name = spec, name or f"teacher-{os.getpid()}"
-        self.ckpt = load_checkpoint(spec.path, spec.dtype, spec.attn_implementation, spec.cache_dir, device)
+        self.ckpt = load_checkpoint(spec.path, spec.model, spec.device)
         for p in self.ckpt.model.parameters():
             p.requires_grad_(False)
         self.block_size = int(self.ckpt.trained_block_size)  # published teachers: from the _blockN name
@@ -86,7 +82,7 @@ class TeacherWorker:
         self._engines: dict[str, DecodeEngine] = {}
         self.student = None
         if spec.student:
-            self.student = load_checkpoint(spec.student, spec.dtype, spec.attn_implementation, spec.cache_dir, device)
+            self.student = load_checkpoint(spec.student, spec.model, spec.device)
             self.student.model.requires_grad_(False)
 
     def _engine_for(self, prompts, ckpt=None, key: str = "teacher") -> DecodeEngine:

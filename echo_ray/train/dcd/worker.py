@@ -2,15 +2,15 @@
 
 The shared loop (echo_ray.train.loop) opens the `DcdRowSource` it is given (echo_ray.train.rows)
 and gets this worker's `RowStream`:
-* `StreamRows` only reads this worker's queue (see `stream` for the packet protocol): a step packet
-  becomes one micro-batch of trajectory rows for `DcdStage.build_batch`; a round_end packet becomes
-  a `RoundEnd` event, which the loop hands to the callbacks;
+* `StreamRows` only reads this worker's queue (typed messages, `messages`; protocol in `stream`):
+  a `Step` becomes one micro-batch of `TrajectoryRecord`s for `DcdStage.build_batch`; a `RoundEnd`
+  is yielded as it is, a loop event, which the loop hands to the callbacks;
 * `DcdRounds` (the callbacks) does the round bookkeeping on rank 0: the student's one-step
   agreement with the teacher on the held-out prompts (`agreement`), the trainer's idle fraction so
   far, and the teacher metrics the feeder attached, appended to `<output_dir>/dcd_rounds.jsonl` and
   TensorBoard (`dcd/*`). `on_start` measures agreement once before the first step (round -1: the
   teacher's own one-step score, since the student starts as the teacher); `on_finish` reads the
-  last round_end, evaluates the final model, and averages the idle time over ranks.
+  last RoundEnd, evaluates the final model, and averages the idle time over ranks.
 
 A train worker that dies restarts the group from the last checkpoint (Ray Train `FailureConfig`);
 each worker then replays, from the feeder's packet log and the trajectory store, the packets the
@@ -25,7 +25,7 @@ With ZeRO-3 the weights are partitioned and a plain forward outside the engine i
 the in-loop agreement is skipped (the driver still scores the final model).
 
 Usage (the driver passes the source to the loop as train_loop_config["rows"]):
-    source = DcdRowSource(queues, heldout_rows, max_new_tokens=160, output_dir="runs/dcd")
+    source = DcdRowSource(queues, heldout_records, max_new_tokens=160, output_dir="runs/dcd")
     stream = source.open(job, parts, rank, position); stream.next_rows(); stream.callbacks.on_finish(state)
 """
 
@@ -43,20 +43,15 @@ from echo_ray.errors import InputError
 from echo_ray.storage import exists, is_s3, join, read_text, write_text
 from echo_ray.train.data import DataPosition
 from echo_ray.train.dcd.agreement import onestep_agreement
-from echo_ray.train.dcd.store import from_row, read_trajectories, to_row
-from echo_ray.train.dcd.stream import PACKETS_FILE, PacketReader, packet_key, replay_packets
+from echo_ray.train.dcd.messages import RoundEnd, Step, message_key, unknown
+from echo_ray.train.dcd.store import read_trajectories
+from echo_ray.train.dcd.stream import PACKETS_FILE, PacketReader, replay_packets
+from echo_ray.train.dcd.trajectory import TrajectoryRecord
 from echo_ray.train.examples import read_prompt
 from echo_ray.train.metrics import worker_line
 from echo_ray.train.rows import LoopCallbacks, LoopEvent, RowStream
 
 ROUNDS_FILE = "dcd_rounds.jsonl"
-
-
-@dataclass
-class RoundEnd(LoopEvent):
-    round: int
-    stats: dict
-
 
 @dataclass
 class DcdRowSource:
@@ -67,7 +62,7 @@ class DcdRowSource:
     """
 
     queues: list
-    heldout: list[dict]  # held-out teacher trajectories as `store.to_row` dicts
+    heldout: list[TrajectoryRecord]  # the teacher's trajectories of the held-out prompts
     max_new_tokens: int
     output_dir: str
     trajectories: str = ""
@@ -75,7 +70,8 @@ class DcdRowSource:
     def open(self, job, parts, rank: int, position: DataPosition) -> RowStream:
         replay, logged = None, set()  # without a packet log (trajectories not stored) a restarted group cannot replay
         if self.trajectories:
-            replay, logged = replay_packets(Path(self.trajectories) / PACKETS_FILE, self._rows_by_uid, rank, position.batches)
+            replay, logged = replay_packets(Path(self.trajectories) / PACKETS_FILE, self._records_by_uid, rank,
+                                            position.batches)  # fmt: skip
         elif position.batches:
             raise RuntimeError("a DCD run without stored trajectories cannot resume mid-stream; rerun it")
         if position.batches:
@@ -84,19 +80,20 @@ class DcdRowSource:
         rows = StreamRows(self.queues[rank], replay, position.batches, skip=logged)
         return RowStream(rows, DcdRounds(rows, self.heldout if evaluate else [], parts, rank, self))
 
-    def _rows_by_uid(self, uids: set[str]) -> dict[str, dict]:
-        return {rec.uid: to_row(rec) for rec in read_trajectories(self.trajectories) if rec.uid in uids}
+    def _records_by_uid(self, uids: set[str]) -> dict[str, TrajectoryRecord]:
+        return {rec.uid: rec for rec in read_trajectories(self.trajectories) if rec.uid in uids}
 
 
 class StreamRows:
-    """Iterator over this worker's packets: (rows, DataPosition) per step packet, RoundEnd events.
+    """Iterator over this worker's packets: (records, DataPosition) per Step, RoundEnd events as they are.
 
     `replay`: packets to deliver before the live queue (after a restart); `skip`: keys of live packets
     not to deliver again (all that were logged when the stream opened); `steps`: step packets already
     taken before this stream (the checkpoint's).
     """
 
-    def __init__(self, queue, replay: list[dict] | None = None, steps: int = 0, skip: set[tuple] | None = None):
+    def __init__(self, queue, replay: list[Step | RoundEnd] | None = None, steps: int = 0,
+                 skip: set[tuple] | None = None):  # fmt: skip
         self.reader = PacketReader(queue)
         self._packets = iter(self.reader)
         self._replay = list(replay or [])
@@ -109,7 +106,7 @@ class StreamRows:
     def __iter__(self) -> "StreamRows":
         return self
 
-    def _next_packet(self) -> dict:
+    def _next_packet(self) -> Step | RoundEnd:
         """Replayed packets first, then the live queue minus what was replayed.
 
         The log holds every packet before it is put, so a live packet that was logged when the stream
@@ -118,30 +115,33 @@ class StreamRows:
         rank's replayed steps while the feeder may be blocked on that peer's full queue."""
         if self._replay:
             packet = self._replay.pop(0)
-            self._seen.add(packet_key(packet))
+            self._seen.add(message_key(packet))
             self.replayed += 1
             return packet
         while True:
-            packet = next(self._packets)  # StopIteration at "stop"
-            if packet_key(packet) not in self._seen:
+            packet = next(self._packets)  # StopIteration at Stop
+            if message_key(packet) not in self._seen:
                 return packet
 
-    def __next__(self) -> tuple[list[dict], DataPosition] | RoundEnd:
-        packet = self._next_packet()
-        if packet["kind"] == "round_end":
-            return RoundEnd(int(packet["round"]), packet["stats"])
-        self.steps += 1
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
-        return packet["rows"], DataPosition(epoch=int(packet["round"]), batches=int(packet["step"]))
+    def __next__(self) -> tuple[list[TrajectoryRecord], DataPosition] | RoundEnd:
+        match self._next_packet():
+            case RoundEnd() as event:
+                return event
+            case Step(round=r, step=step, records=records):
+                self.steps += 1
+                if self.first_step_at is None:
+                    self.first_step_at = time.time()
+                return list(records), DataPosition(epoch=r, batches=step)
+            case other:
+                unknown(other)
 
 
 class DcdRounds(LoopCallbacks):
     """Round records (rank 0) and the end-of-run summary (every rank)."""
 
-    def __init__(self, rows: StreamRows, heldout: list[dict], parts, rank: int, source: DcdRowSource):
+    def __init__(self, rows: StreamRows, heldout: list[TrajectoryRecord], parts, rank: int, source: DcdRowSource):
         self.rows, self.parts, self.rank, self.source = rows, parts, rank, source
-        self.heldout = [from_row(r) for r in heldout]
+        self.heldout = heldout
         self._prompts = None
         self.eval_s = 0.0
         self.rounds: list[dict] = []
@@ -215,11 +215,11 @@ class DcdRounds(LoopCallbacks):
                     tb.add_scalar(f"dcd/{k}", v, rec["round"] + 1)
 
     def on_finish(self, state) -> None:
-        """After the last step: read the final round_end, score the final model, average idle time."""
+        """After the last step: read the final RoundEnd, score the final model, average idle time."""
         import torch.distributed as dist
 
         untrained = 0
-        for item in self.rows:  # ends at "stop"
+        for item in self.rows:  # ends at Stop
             if isinstance(item, RoundEnd):
                 self._round_record(item.round, item.stats)
             else:

@@ -1,4 +1,7 @@
-"""Continuous block-level batching: one scheduler per replica owns a `DecodeEngine` (no Ray here).
+"""Continuous block-level batching: the one driver of a `DecodeEngine` (no Ray, no Serve here).
+
+The serving engine deployment runs it on its own thread (`start`); `EngineBatch` (ReportGenerator,
+evaluation, the DCD teacher) drives the same scheduler synchronously with `run_once`.
 
 Requests wait in a bounded admission queue. At every block edge `run_once` (1) frees the slots of
 cancelled rows and of rows past their deadline, (2) admits waiting requests into free slots (one
@@ -20,6 +23,7 @@ Usage:
     sched.cancel(ticket)                            # client gone: slot freed at the next block edge
     sched.snapshot()                                # slots in use, queue length, rows per step, counters
     sched.close()
+    # synchronous (EngineBatch): submit rows, then `while sched.busy: sched.run_once()`
 """
 
 from __future__ import annotations
@@ -149,6 +153,12 @@ class Scheduler:
                 ticket.done = True
             self._cond.notify()
 
+    @property
+    def busy(self) -> bool:
+        """Rows are queued or running (synchronous drivers loop on `run_once` while this holds)."""
+        with self._cond:
+            return bool(self._queue or self._running)
+
     def snapshot(self) -> dict:
         with self._cond:
             return {"slots": self.slots, "slots_in_use": len(self._running), "queue_length": len(self._queue),
@@ -190,11 +200,12 @@ class Scheduler:
 
     def run_once(self) -> int:
         """One block edge: retire, admit, step. Returns the rows decoded in this step (0 if idle)."""
-        self._retire()
+        self.retire()
         self._admit()
         return self._step()
 
-    def _retire(self) -> None:
+    def retire(self) -> None:
+        """Free the slots of cancelled and late rows now (also called at every block edge)."""
         now = self.clock()
         with self._cond:
             gone = [t for t in self._running.values() if t.cancelled or now > t.deadline]
