@@ -15,15 +15,14 @@ Usage:
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import requests
 from pydicom.dataset import Dataset
 
-from echo_ray.errors import ConfigError, InputError
+from echo_ray.config.secrets import read_secret_file
+from echo_ray.errors import InputError
 
 AUTH_ENV = "ECHO_PACS_AUTH"
 PAGE = 200  # QIDO-RS page size
@@ -32,26 +31,10 @@ TAG = {"study": "0020000D", "series": "0020000E", "sop": "00080018", "sop_class"
        "body_part": "00180015", "view": "00185101", "series_desc": "0008103E"}  # fmt: skip
 
 
-def read_secret_file(path: str) -> str:
-    """The secret in `path`; ConfigError when missing, empty, or readable by group/others."""
-    p = Path(path).expanduser()
-    try:
-        st = p.stat()
-    except OSError:
-        raise ConfigError(f"PACS credentials file {p} does not exist") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        mode = stat.S_IMODE(st.st_mode)
-        raise ConfigError(f"PACS credentials file {p} has mode {mode:04o}; make it private with: chmod 600 {p}")
-    secret = p.read_text(encoding="utf-8").strip()
-    if not secret:
-        raise ConfigError(f"PACS credentials file {p} is empty")
-    return secret
-
-
 def auth_session(auth_file: str | None = None, auth_env: str = AUTH_ENV, secret: str | None = None) -> requests.Session:
     """A session with Basic (``user:password``) or Bearer (bare token) auth: `secret`, else the file, else the env var."""
     if secret is None:
-        secret = read_secret_file(auth_file) if auth_file else os.environ.get(auth_env, "").strip()
+        secret = read_secret_file(auth_file, "PACS credentials file") if auth_file else os.environ.get(auth_env, "").strip()
     s = requests.Session()
     if secret:
         user, sep, password = secret.partition(":")

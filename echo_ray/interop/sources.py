@@ -68,10 +68,10 @@ class ServiceSource:
     @classmethod
     def connect(cls, url: str, mode: str = "onestep", language: str = "en", token_file: str | None = None,
                 token_env: str = "ECHO_API_TOKEN") -> "ServiceSource":  # fmt: skip
-        from echo_ray.interop.dicomweb import read_secret_file
+        from echo_ray.config.secrets import read_secret_file
 
         s = requests.Session()
-        token = read_secret_file(token_file) if token_file else os.environ.get(token_env, "").strip()
+        token = read_secret_file(token_file, "service token file") if token_file else os.environ.get(token_env, "").strip()
         if token:
             s.headers["Authorization"] = f"Bearer {token}"
         url = url.rstrip("/")

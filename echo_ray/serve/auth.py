@@ -17,27 +17,14 @@ from __future__ import annotations
 
 import hmac
 import os
-import stat
-from pathlib import Path
 
-from echo_ray.errors import ConfigError
+from echo_ray.config.secrets import read_secret_file
 from echo_ray.serve.schemas import ApiError
 
 
 def read_token_file(path: str) -> str:
     """The token in `path` (surrounding whitespace stripped); ConfigError when unsafe or empty."""
-    p = Path(path).expanduser()
-    try:
-        st = p.stat()
-    except OSError:
-        raise ConfigError(f"serve.auth_token_file {p} does not exist (it must exist on every replica's node)") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"serve.auth_token_file {p} has mode {stat.S_IMODE(st.st_mode):04o}; "
-                          f"make it private with: chmod 600 {p}")  # fmt: skip
-    token = p.read_text(encoding="utf-8").strip()
-    if not token:
-        raise ConfigError(f"serve.auth_token_file {p} is empty")
-    return token
+    return read_secret_file(path, "serve.auth_token_file", "it must exist on every replica's node")
 
 
 def load_token(cfg) -> str:

@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import PurePosixPath
@@ -39,7 +40,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig, ServeConfig
-from echo_ray.decode.engine import RowRequest
+from echo_ray.decode.engine import RowEvent, RowRequest
 from echo_ray.decode.rows import ModelSide, RowFactory
 from echo_ray.errors import InputError
 from echo_ray.interop.formats import dicom_sources, negotiate, render_report
@@ -47,12 +48,26 @@ from echo_ray.interop.identity import ModelIdentity
 from echo_ray.serve import openai_api as oai
 from echo_ray.serve.auth import check_bearer, load_token
 from echo_ray.serve.body_guard import body_deadline_s
-from echo_ray.serve.inputs import Limits, ParsedBody, ReportRequest, decode_images, inspect_images, parse_body, read_body
+from echo_ray.serve.inputs import (
+    Limits,
+    ParsedBody,
+    ReportRequest,
+    decode_images,
+    inspect_images,
+    parse_body,
+    read_body,
+)
 from echo_ray.serve.logsafe import clean
 from echo_ray.serve.openapi import service_openapi
 from echo_ray.serve.pixel_budget import PixelBudget, trim_heap
 from echo_ray.serve.remote import Overloaded, RemoteRow, decode_plain
-from echo_ray.serve.schemas import ERROR_RESPONSES, ApiError, ErrorResponse, ReportResponse, report_response
+from echo_ray.serve.schemas import (
+    ERROR_RESPONSES,
+    ApiError,
+    ErrorResponse,
+    ReportResponse,
+    report_response,
+)
 from echo_ray.serve.sse import row_block_payload, sse_event
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger stamps request ids and writes replica logs
@@ -128,6 +143,28 @@ def _processor_pixels(processor) -> int:
     """Pixels large images are reduced to on decode: 4x what the processor resizes to, at least 4 M."""
     most = getattr(processor, "max_pixels", None) or (getattr(processor, "size", None) or {}).get("longest_edge")
     return max(4 * int(most or 0), MIN_REDUCE_PIXELS)
+
+
+async def _blocks(remote: RemoteRow, rid: str) -> AsyncIterator[RowEvent | ApiError]:
+    """A stream's block events, then nothing; a refusal, deadline or engine failure as one last ApiError.
+
+    Closing it (the consumer holds it in `aclosing`: the client left, its generator was closed or
+    cancelled) stops the engine's work for the row, as does the end of the stream."""
+    try:
+        while (ev := await _next_or_error(remote)) is not None:
+            yield ev
+            if isinstance(ev, ApiError):
+                logger.info("request_id=%s stream stopped after %d blocks: %s", rid, remote.blocks, ev.status)
+                return
+    finally:
+        remote.cancel()
+
+
+async def _next_or_error(remote: RemoteRow) -> RowEvent | ApiError | None:
+    try:
+        return await remote.next_block()
+    except ApiError as e:
+        return e
 
 
 def output_format(accept: str | None, field: str | None) -> str:
@@ -272,21 +309,14 @@ class ReportService:
                           t0: float) -> AsyncIterator[bytes]:  # fmt: skip
         """One SSE block per row event; the row shares its steps with other requests on the engine."""
         rid, text = request_id(request), ""
-        try:
-            while True:
-                try:
-                    ev = await remote.next_block()
-                except ApiError as e:
-                    logger.info("request_id=%s stream stopped after %d blocks: %s", rid, remote.blocks, e.status)
-                    yield sse_event("error", {"error": e.message, "status": e.status, "request_id": rid})
+        async with aclosing(_blocks(remote, rid)) as blocks:  # closed with this generator: the row stops
+            async for ev in blocks:
+                if isinstance(ev, ApiError):
+                    yield sse_event("error", {"error": ev.message, "status": ev.status, "request_id": rid})
                     return
-                if ev is None:
-                    break
                 payload = row_block_payload(ev, remote.text(), len(remote.tokens), text, t0)
                 text = payload["text"]
                 yield sse_event("block", payload)
-        finally:  # the client closed the stream (generator closed / task cancelled): stop decoding for it
-            remote.cancel()
         self._log(rid, "/v1/reports/stream", req, job, remote, t0)
         final = report_response(remote.report(), job.language, self.model_name, time.perf_counter() - t0,
                                 remote.rows_in_step)  # fmt: skip
@@ -325,24 +355,17 @@ class ReportService:
                            t0: float) -> AsyncIterator[bytes]:  # fmt: skip
         """One chat.completion.chunk per block (finish_reason on the last), usage chunk, [DONE]."""
         created, sent, role = int(time.time()), "", {"role": "assistant"}
-        try:
-            while True:
-                try:
-                    ev = await remote.next_block()
-                except ApiError as e:
-                    logger.info("request_id=%s chat stream stopped after %d blocks: %s", rid, remote.blocks, e.status)
-                    yield oai.sse_data(oai.error_body(e.status, e.message))
+        async with aclosing(_blocks(remote, rid)) as blocks:
+            async for ev in blocks:
+                if isinstance(ev, ApiError):
+                    yield oai.sse_data(oai.error_body(ev.status, ev.message))
                     return
-                if ev is None:
-                    break
                 text = remote.text().strip() if ev.finished else remote.text().lstrip()
                 delta = text[len(sent) :] if ev.finished else oai.stable_delta(text, sent)
                 sent += delta
                 finish = oai.finish_reason(ev.hit_max) if ev.finished else None
                 yield oai.chunk(rid, self.model_name, created, {**role, "content": delta}, finish, opts.include_usage)
                 role = {}
-        finally:
-            remote.cancel()
         self._log(rid, "/v1/chat/completions", req, job, remote, t0)
         if opts.include_usage:
             yield oai.usage_chunk(rid, self.model_name, created, remote.prompt_tokens, len(remote.tokens))
