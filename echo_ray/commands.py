@@ -117,12 +117,12 @@ def decode_config_from_args(base: DecodeConfig, args: argparse.Namespace) -> Dec
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from echo_ray.data.images import load_image
+    from echo_ray.data.images import read_image
     from echo_ray.decode.generator import ReportGenerator
     from echo_ray.model.checkpoint import load_checkpoint
 
     cfg = config_from_args(args)
-    images = [load_image(p) for p in args.image]  # errors name the file before the model loads
+    images = [read_image(p) for p in args.image]  # errors name the file before the model loads
     dec = decode_config_from_args(cfg.decode, args)
     ckpt = load_checkpoint(args.model, cfg.model)
     gen = ReportGenerator(ckpt, dec, cfg.prompt, override_block=args.override_block_size)

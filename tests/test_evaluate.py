@@ -266,7 +266,7 @@ def test_write_evaluation_second_table(tiny_ckpt_dir, dataset, tmp_path) -> None
 
 def test_renamed_rows_and_merge_runs_reuse_a_row_under_another_name() -> None:
     """The demo's ablation table shows two main-table rows under its own labels without decoding them again."""
-    from echo_ray.eval.dataset import EvalSplit, EvalStudy
+    from echo_ray.eval.split import EvalSplit, EvalStudy
     from echo_ray.eval.evaluate import EvalRun, merge_runs, renamed_rows
 
     def split(ids):

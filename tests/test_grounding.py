@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from echo_ray.errors import InputError
-from echo_ray.eval.dataset import EvalSplit, EvalStudy
+from echo_ray.eval.split import EvalSplit, EvalStudy
 from echo_ray.eval.grounding import (GROUNDING_KEYS, derangement, distinct_fraction, grounding_columns, insert_after,
                                      interval_columns, swap_images)  # fmt: skip
 

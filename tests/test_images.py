@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from echo_ray.data.images import image_from_bytes, load_image
+from echo_ray.data.images import image_from_bytes, read_image
 from echo_ray.errors import InputError
 
 
 def test_real_nih_png_loads() -> None:
-    img = load_image(shared_path("cxr_images_nih", "00000001_000.png"))
+    img = read_image(shared_path("cxr_images_nih", "00000001_000.png"))
     assert img.mode == "RGB" and img.size == (512, 512)
 
 
@@ -36,21 +36,21 @@ def test_jpeg_and_dicom(tmp_path) -> None:
     ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME1"
     ds.PixelData = arr.tobytes()
     ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
-    img = load_image(tmp_path / "x.dcm")
+    img = read_image(tmp_path / "x.dcm")
     assert img.size == (64, 48) and img.mode == "RGB"
     assert pydicom.dcmread(tmp_path / "x.dcm").Rows == 48
 
 
 def test_bad_inputs_name_the_file(tmp_path) -> None:
     with pytest.raises(InputError, match="not found: .*missing.png"):
-        load_image(tmp_path / "missing.png")
+        read_image(tmp_path / "missing.png")
     good = io.BytesIO()
     Image.new("L", (64, 64)).save(good, format="PNG")
     (tmp_path / "corrupt.png").write_bytes(good.getvalue()[:60])
     with pytest.raises(InputError, match="corrupt.png"):
-        load_image(tmp_path / "corrupt.png")
+        read_image(tmp_path / "corrupt.png")
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(InputError, match="not a readable image: .*notes.txt"):
-        load_image(tmp_path / "notes.txt")
+        read_image(tmp_path / "notes.txt")
     with pytest.raises(InputError, match="over the limit"):
         image_from_bytes(good.getvalue(), "big.png", max_pixels=100)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from echo_ray.config import DecodeConfig, PromptConfig, load_config
-from echo_ray.data.images import load_image
+from echo_ray.data.images import read_image
 from echo_ray.data.phantom import write_phantom
 from echo_ray.data.phantom_dataset import phantom_rows, write_phantom_dataset, write_rows
 from echo_ray.errors import ConfigError, EchoError, InputError
@@ -59,7 +59,7 @@ def _decode(final: str, data: Path, mode: str):
 
     row = phantom_rows(Path(data).parent / "phantom")[0]
     gen = ReportGenerator(load_checkpoint(final), DecodeConfig(mode=mode, max_new_tokens=24), PromptConfig())
-    return gen.generate([[load_image(im["path"]) for im in row["images"]]], "en")[0]
+    return gen.generate([[read_image(im["path"]) for im in row["images"]]], "en")[0]
 
 
 @pytest.fixture(scope="module")

@@ -102,4 +102,3 @@ def read_image(uri: str | Path, max_pixels: int | None = None) -> Image.Image:
     return image_from_bytes(read_bytes(str(uri), "image"), name=str(uri), max_pixels=max_pixels)
 
 
-load_image = read_image  # the name the generate command and older callers use

@@ -32,7 +32,7 @@ COLUMNS = ("study_id", "source", "language", "report", "images")
 SPLITS = ("train", "eval", "dcd")
 _SHOW = 3  # ids named in an error message
 
-__all__ = ["COLUMNS", "SPLITS", "EvalSplit", "EvalStudy", "load_eval_split", "load_study_images"]
+__all__ = ["COLUMNS", "SPLITS", "load_eval_split", "load_study_images"]
 
 
 def _named(ids: list[str]) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 
 from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig
 from echo_ray.decode.generator import GeneratedReport, ReportGenerator
-from echo_ray.eval.dataset import EvalStudy, load_study_images
+from echo_ray.eval.dataset import load_study_images
+from echo_ray.eval.split import EvalStudy
 from echo_ray.model.checkpoint import load_checkpoint
 
 

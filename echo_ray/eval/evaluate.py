@@ -36,10 +36,11 @@ from typing import Any, Optional
 
 from echo_ray.config import DecodeConfig, EchoConfig, EvalConfig, EvalRow, ModelConfig, PromptConfig, save_config
 from echo_ray.errors import ConfigError
-from echo_ray.eval.dataset import EvalSplit, load_eval_split
+from echo_ray.eval.dataset import load_eval_split
 from echo_ray.eval.grounding import SwappedSplit, swap_images
 from echo_ray.eval.plan import PlannedRow, plan_rows
 from echo_ray.eval.semscore import SentenceEncoder
+from echo_ray.eval.split import EvalSplit
 
 log = logging.getLogger(__name__)
 

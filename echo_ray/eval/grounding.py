@@ -29,7 +29,7 @@ from typing import Any
 from echo_ray.errors import InputError
 from echo_ray.eval.bootstrap import drop_interval, finding_counts, mean_interval, micro_f1_interval
 from echo_ray.eval.clinical import finding_prf, positive_findings
-from echo_ray.eval.dataset import EvalSplit
+from echo_ray.eval.split import EvalSplit
 
 INTERVAL_KEYS = ("micro_f1_ci95", "rouge_l_ci95")
 GROUNDING_KEYS = ("micro_f1_swapped_images", "macro_f1_swapped_images", "micro_f1_drop_swapped",

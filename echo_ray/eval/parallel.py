@@ -16,8 +16,8 @@ import uuid
 from typing import Any
 
 from echo_ray.config import DecodeConfig, EvalConfig, ModelConfig, PromptConfig
-from echo_ray.eval.dataset import EvalStudy
 from echo_ray.eval.plan import PlannedRow
+from echo_ray.eval.split import EvalStudy
 from echo_ray.storage import is_s3
 
 FIELDS = ("study_id", "text", "tokens", "forward_passes", "latency_s", "hit_max_length", "complete", "batch", "batch_s")
