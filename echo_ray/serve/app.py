@@ -43,8 +43,6 @@ def parse_app_args(args: dict[str, Any] | None) -> tuple[ServeConfig, DecodeConf
     cfg = from_dict(ServeConfig, data, "serve")  # `key=value` strings become the field types (lax)
     if not cfg.model:
         raise ConfigError("serve args: 'model' (checkpoint directory or s3:// URI) is required")
-    if decode.slots.max_rows < 1:
-        raise ConfigError(f"serve args: decode.slots.max_rows must be >= 1, got {decode.slots.max_rows}")
     if decode.max_new_tokens > cfg.max_new_tokens_limit:
         raise ConfigError(
             f"serve args: decode.max_new_tokens {decode.max_new_tokens} exceeds max_new_tokens_limit "
