@@ -116,7 +116,7 @@ def deploy(name: str, ckpt: str, args: argparse.Namespace, engines: int = 1, aut
         "model": ckpt, "max_queue": 64 if auto is None else 16, "max_new_tokens_limit": max(512, args.mixed_max),
         "decode": {"max_new_tokens": args.max_new_tokens, "slots": {"max_rows": slots or args.slots}},
     })  # fmt: skip
-    engine: dict = {"ray_actor_options": {"num_cpus": 1 if auto is None else 0.5, "num_gpus": 0}}
+    engine: dict = {"ray_actor_options": {"num_cpus": args.engine_cpus if auto is None else 0.5, "num_gpus": 0}}
     engine.update({"autoscaling_config": auto} if auto else {"num_replicas": engines})
     ingress = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1, "num_gpus": 0}}
     serve.run(compose(*configs, engine=engine, ingress=ingress), name=name, route_prefix=f"/{name}")
@@ -193,6 +193,7 @@ def cpu_per_request(a: dict, b: dict, n: int) -> dict:
     served = max(1, b["served"] - a["served"])
     outside = (b["engine_cpu"] - a["engine_cpu"]) - (b["model_cpu"] - a["model_cpu"])
     return {"engine_cpu_ms_per_request": round(1000 * outside / served, 2),
+            "engine_model_cpu_ms_per_request": round(1000 * (b["model_cpu"] - a["model_cpu"]) / served, 2),
             "ingress_cpu_ms_per_request": round(1000 * (b["ingress_cpu"] - a["ingress_cpu"]) / max(1, n), 2)}  # fmt: skip
 
 
@@ -318,6 +319,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cell-seconds", type=float, default=15.0, help="time cap per (workload, concurrency)")
     ap.add_argument("--concurrency", default="1,8,32", help="client counts of the load cells (smoke: 1,8)")
     ap.add_argument("--slots", type=int, default=16, help="engine rows (decode.slots.max_rows)")
+    ap.add_argument("--engine-cpus", type=float, default=1.0,
+                    help="CPUs per fixed engine replica (Ray sets its torch threads from it)")  # fmt: skip
     ap.add_argument("--mixed-min", type=int, default=16, help="mixed workload: smallest per-request budget")
     ap.add_argument("--mixed-max", type=int, default=160, help="mixed workload: largest per-request budget")
     # Replica processes take ~30-40 s to start on a loaded 2-core machine: the burst lasts until all
@@ -326,6 +329,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--hold-seconds", type=float, default=8.0)
     ap.add_argument("--settle-seconds", type=float, default=40.0)
     ap.add_argument("--fault-seconds", type=float, default=30.0, help="fault run length (the kill at a third)")
+    ap.add_argument("--only-mixed", action="store_true", help="only part 1b (mixed native + OpenAI), for A/B runs")
     ap.add_argument("--soak", action="store_true", help="only the soak: c=8 for --soak-seconds, RSS per replica")
     ap.add_argument("--soak-seconds", type=float, default=600.0)
     args = ap.parse_args()
@@ -351,6 +355,10 @@ def main() -> int:
         if args.soak:
             result = {"soak": soak(ckpt, png, args)}
             errors = result["soak"]["errors"]
+        elif args.only_mixed:
+            mix = mixed(ckpt, png, args)
+            result = {"mixed": mix["native"], "openai": mix["openai"], "engine_cpus": args.engine_cpus}
+            errors = sum(mix[k][c]["errors"] for k in ("native", "openai") for c in mix[k])
         else:
             result, errors = run_all(ckpt, png, args)
     serve.shutdown()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -35,6 +38,28 @@ def test_deepspeed_config():
     assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"] and cfg["gradient_clipping"] == 0.5
     cpu = deepspeed_config(DistributedConfig(zero_stage=2, bf16=True), OptimConfig(), 1, 1, 2, on_gpu=False)
     assert not cpu["bf16"]["enabled"] and cpu["zero_optimization"] == {"stage": 2}
+
+
+def test_muon_module_imports_without_compiling():
+    """ZeRO start-up imports DeepSpeed's Muon module with its torch.compile deferred (ds_engine),
+    the real class intact and DeepSpeed's compiler hook restored; a Muon config is left alone."""
+    code = textwrap.dedent("""
+        import sys
+        from deepspeed.runtime import compiler
+        from echo_ray.train.ds_engine import MUON_MODULE, _import_muon_without_compiling
+        real = compiler.compile
+        _import_muon_without_compiling({"optimizer": {"type": "MuonWithAuxAdam"}})
+        assert MUON_MODULE not in sys.modules
+        _import_muon_without_compiling({"optimizer": {"type": "AdamW"}})
+        import torch
+        muon = sys.modules[MUON_MODULE]
+        assert issubclass(muon.MuonWithAuxAdam, torch.optim.Optimizer)
+        assert compiler.compile is real
+        assert "torch._inductor.compile_fx" not in sys.modules, "inductor imported"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
 def test_backend_registry_falls_back_to_ddp(monkeypatch):

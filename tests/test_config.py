@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from echo_ray.config import CONFIG_FILENAME, EchoConfig, load_config, save_config
+from echo_ray.config import CONFIG_FILENAME, EchoConfig, load_config, save_config, to_dict
 from echo_ray.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,3 +126,29 @@ def test_sections_built_in_code_are_checked_on_demand() -> None:
         check_section(RadConfig(max_steps=0), "train.rad")
     with pytest.raises(ConfigError, match="train.distributed: bf16 needs use_gpu"):
         check_section(DistributedConfig(bf16=True), "train.distributed")
+
+
+def _dcd_recipe(cfg) -> dict:
+    d, t = to_dict(cfg.train.dcd), to_dict(cfg.train.dcd_teacher)
+    return {"loss": d["loss"], "optim": d["optim"], "batch_size": d["batch_size"], "grad_accum": d["grad_accum"],
+            "keep_best": d["keep_best"], **{k: t[k] for k in ("rounds", "prompts_per_round", "epochs", "top_k",
+                                                              "teacher_steps", "teacher_batch_size")}}  # fmt: skip
+
+
+def test_one_dcd_recipe_for_defaults_tiny_preset_and_benchmark(tmp_path) -> None:
+    """Issue 31: load_config(None) (what `--config` defaults to), configs/tiny.yaml (the demo's) and
+    benchmarks/dcd.py train DCD with the same settings; the benchmark overrides one only by a flag."""
+    import importlib.util
+
+    default = _dcd_recipe(load_config(None))
+    assert _dcd_recipe(load_config(REPO / "configs" / "tiny.yaml")) == default
+    assert default["loss"]["target_temperature"] == 0.25 and default["epochs"] == 8
+    spec = importlib.util.spec_from_file_location("bench_dcd", REPO / "benchmarks" / "dcd.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args([])
+    cfg = load_config(None, bench.dcd_overrides(args, "teacher", "data", tmp_path))
+    assert _dcd_recipe(cfg) == default
+    flagged = bench.parse_args(["--lr", "5e-4", "--set", "train.dcd.loss.target_temperature=1.0"])
+    cfg = load_config(None, bench.dcd_overrides(flagged, "teacher", "data", tmp_path))
+    assert cfg.train.dcd.optim.lr == 5e-4 and cfg.train.dcd.loss.target_temperature == 1.0

@@ -86,6 +86,17 @@ def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teach
     assert rounds[0]["agreement"] > rounds[-1]["agreement"]
     assert rounds[0]["teacher_records"] == PER_ROUND
 
+    # keep-best (on by default): the best round (the untrained student is a candidate) was saved to best/;
+    # final is it when it beats the last step, and the last-step model is then kept in last/
+    scores = {r: rec["agreement"] for r, rec in rounds.items()}
+    assert summary["best_agreement"] == max(scores.values()) and scores[summary["best_round"]] == max(scores.values())
+    assert summary["final_agreement"] == scores[3] and summary["best_dir"] == str(out / "best")
+    assert load_checkpoint(str(out / "best")).block_size == 8
+    beaten = summary["best_agreement"] > summary["final_agreement"]
+    assert summary["final_from"] == (f"best round {summary['best_round']}" if beaten else "last step")
+    assert (out / "last").is_dir() == beaten
+    assert all(w["agreement"] < w["best"] - 0.05 for w in summary["warnings"])
+
 
 def test_dead_train_worker_resumes_and_replays_the_stream_in_order(ray_cluster, confident_teacher, phantom_dir,
                                                                     tmp_path, monkeypatch) -> None:  # fmt: skip
@@ -103,6 +114,7 @@ def test_dead_train_worker_resumes_and_replays_the_stream_in_order(ray_cluster, 
         "train.dcd_teacher.max_new_tokens": 24, "train.dcd_teacher.teacher_batch_size": 2,
         "train.dcd.data": str(data), "train.dcd.split": "dcd", "train.dcd.output_dir": str(out),
         "train.dcd.batch_size": 1, "train.dcd.checkpoint_every": 2, "train.dcd.optim.warmup_steps": 0,
+        "train.dcd_teacher.epochs": 1, "train.dcd_teacher.queue_size": 32,
         "train.distributed.num_workers": 2, "train.distributed.backend": "ddp", "train.distributed.max_failures": 1,
     })  # fmt: skip
     summary = run_dcd(cfg).summary
@@ -129,7 +141,7 @@ def test_on_policy_pass_trains_on_the_students_reports(ray_cluster, confident_te
     out = tmp_path / "dcd_on"
     cfg = load_config(None, {
         "train.dcd_teacher.teacher": str(confident_teacher), "train.dcd_teacher.on_policy_student": str(confident_teacher),
-        "train.dcd_teacher.rounds": 1, "train.dcd_teacher.prompts_per_round": PER_ROUND,
+        "train.dcd_teacher.rounds": 1, "train.dcd_teacher.prompts_per_round": PER_ROUND, "train.dcd_teacher.epochs": 1,
         "train.dcd_teacher.heldout_prompts": HELDOUT, "train.dcd_teacher.top_k": 16, "train.dcd_teacher.teacher_steps": 4,
         "train.dcd_teacher.max_new_tokens": 24, "train.dcd_teacher.teacher_batch_size": 2,
         "train.dcd.init_from": str(confident_teacher), "train.dcd.data": str(data), "train.dcd.split": "dcd",

@@ -68,3 +68,15 @@ def test_reader_fails_instead_of_waiting_forever_when_the_queue_dies(ray_cluster
     q.shutdown(force=True)  # the queue actor is gone (its node died, the driver exited)
     with pytest.raises(RuntimeError, match="reading the teacher queue failed"):
         next(iter(PacketReader(q, poll_s=0.2)))
+
+
+def test_teacher_rate_leaves_out_the_time_the_queues_were_full() -> None:
+    """Round 0 starts while the trainer workers are still starting: the feeder waits on full queues and
+    the teachers get no work. Their rate is records over the time they were not held back."""
+    from echo_ray.train.dcd.feeder import _RoundStats
+
+    st = _RoundStats(expected=40, failures_count=True)
+    st.first_at, st.last_at, st.records, st.blocked_s = 100.0, 130.0, 40, 26.0
+    s = st.summary(0, started=100.0)
+    assert s["teacher_records_per_s"] == 10.0 and round(s["teacher_records_per_s_wall"], 3) == round(40 / 30, 3)
+    assert s["teacher_wall_s"] == 30.0 and s["feeder_blocked_s"] == 26.0

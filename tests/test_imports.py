@@ -5,6 +5,7 @@
 * clinical/ depends on nothing of the package but itself and echo_ray.errors;
 * only echo_ray/storage.py reaches S3: no other module imports boto3/botocore/s3fs or names
   pyarrow's S3FileSystem / FileSystem.from_uri;
+* Ray Train's controller unpickles the StageJob: importing echo_ray.train.job loads no transformers;
 * no import circles among echo_ray modules, and none of the upward imports that were removed
   (storage reading images or holding the config's path policy, a data module importing the CLI,
   the decode engine taking its types from the reference decoder).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -202,6 +204,14 @@ def test_decoders_share_event_types_not_the_reference_decoder():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "echo_ray.decode.blockwise":
                 assert {a.name for a in node.names} <= {"BlockDecoder", "CACHE_MODES"}, path
+
+
+def test_stage_job_does_not_import_transformers():
+    """Unpickling a StageJob (Ray Train's controller does, for every stage) must stay cheap: the
+    stage modules, and with them transformers and the model code, load only in the workers."""
+    code = "import sys, echo_ray.train.job; print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout[:500]
 
 
 def test_split_types_and_phantom_ground_truth_sit_below_their_users():

@@ -91,7 +91,12 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EchoConfig:
-    """Load the YAML at `path` (None = all defaults), apply dotted `overrides`, validate strictly."""
+    """Load the YAML at `path`, apply dotted `overrides`, validate strictly.
+
+    `path` None = the dataclass defaults: the tiny model at smoke-test scale (short stages, a small
+    phantom corpus) with the DCD recipe that configs/tiny.yaml and benchmarks/dcd.py share; the
+    demo's scale (stage lengths, corpus size) is configs/tiny.yaml's.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)

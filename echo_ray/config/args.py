@@ -21,7 +21,8 @@ from echo_ray.errors import ConfigError
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (default: built-in defaults, i.e. the tiny preset)")
+    p.add_argument("--config", help="YAML config (default: the built-in defaults: the tiny model at smoke-test "
+                   "scale, short stages, the same DCD recipe as configs/tiny.yaml, which sets the demo's scale)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.rad.max_steps=5 (YAML value syntax)")  # fmt: skip
 

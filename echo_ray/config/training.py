@@ -171,8 +171,10 @@ class DcdLossConfig(Section):
     weight_schedule: Literal["linear", "exp", "flat"] = "linear"
     weight_strength: NonNegativeFloat = 1.0
     eos_weight: NonNegativeFloat = 1.0
-    target_temperature: UnitRate = 1.0  # < 1 sharpens the teacher's conditionals (echo_ray.train.dcd.loss)
-    context_noise: Fraction = 0.0  # rate of clean-prefix tokens swapped within their block (train.noise.mix_block_tokens)
+    # The DCD recipe (issue 31; measurements in configs/tiny.yaml and docs/method.md): sharpened targets and
+    # context noise. T = 1.0 and context_noise 0 are the paper's plain loss.
+    target_temperature: UnitRate = 0.25  # < 1 sharpens the teacher's conditionals (echo_ray.train.dcd.loss)
+    context_noise: Fraction = 0.1  # rate of clean-prefix tokens swapped within their block (train.noise.mix_block_tokens)
 
 
 @dataclass
@@ -197,6 +199,10 @@ class DcdConfig(StageConfig):
     output_dir: str = "runs/dcd"
     split: str = "dcd"
     loss: DcdLossConfig = field(default_factory=DcdLossConfig)
+    # Save the round with the best held-out one-step agreement to <output_dir>/best; final/ becomes
+    # it when it beats the last step (the last-step model is then kept in last/). echo_ray.train.dcd.best
+    keep_best: bool = True
+    agreement_drop_warn: Fraction = 0.05  # warn when a round's agreement is more than this below the best so far
 
 
 @dataclass
@@ -205,18 +211,21 @@ class DcdTeacherConfig(Section):
 
     teacher: str = ""  # ECHO_Base checkpoint
     num_teachers: PositiveInt = 1
-    rounds: PositiveInt = 2
-    prompts_per_round: PositiveInt = 64
+    rounds: PositiveInt = 7
+    prompts_per_round: PositiveInt = 88
     # Passes over the rounds' trajectories: after the live rounds, epochs - 1 review passes re-read
     # the stored trajectories (each round reshuffled, no teacher runs) as rounds `rounds`.. onward.
-    epochs: PositiveInt = 1
+    epochs: PositiveInt = 8  # the recipe: one live pass was far from converged (configs/tiny.yaml)
     top_k: PositiveInt = 64
     teacher_steps: Optional[int] = None  # None = block size
-    queue_size: PositiveInt = 32  # trajectory rows buffered between teachers and trainer (over all workers)
+    # Trajectory rows buffered between teachers and trainer (over all workers). Large enough that what the
+    # teachers decode while the trainer workers start (~20 s on a laptop) waits in the queues instead of
+    # the teachers waiting on back-pressure: the trainer then starts on a full buffer (issue 31).
+    queue_size: PositiveInt = 128
     replay_from: str = ""  # Parquet trajectories to replay instead of running teachers
     teacher_cpus: float = 0.5
     teacher_gpus: float = 0.0
-    teacher_batch_size: PositiveInt = 4  # prompts per teacher call (decoded as one batch)
+    teacher_batch_size: PositiveInt = 8  # prompts per teacher call (decoded as one batch)
     heldout_prompts: NonNegativeInt = 16  # dcd-split prompts kept out of training; one-step agreement is measured on them
     max_new_tokens: PositiveInt = 160  # teacher decode length limit
     write_trajectories: bool = True  # store every trajectory under <train.dcd.output_dir>/trajectories

@@ -13,7 +13,9 @@ Usage:
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,52 @@ def _skip_shm_comm_build() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
+MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def _import_muon_without_compiling(ds_config: dict[str, Any]) -> None:
+    """Import DeepSpeed's Muon module with its `torch.compile` decorators deferred to first call.
+
+    DeepSpeed 0.19 imports this module in every ZeRO run (`is_zero_supported_optimizer` and the
+    ZeRO-1/2 gradient reduction / ZeRO-3 and bf16 optimizer set-up all `isinstance`-check against
+    `MuonWithAuxAdam`), and its three module-level `torch.compile(fn)` calls import dynamo/inductor:
+    ~1.5 s of every stage's start-up. The import itself cannot be skipped (those checks need the
+    real class), so the module is imported here, once, with DeepSpeed's `compiler.compile()`
+    returning a decorator that compiles on first call instead. Only when the optimizer is not Muon
+    (ours is always AdamW), so those kernels never run in this process; only on DeepSpeed 0.19.x,
+    whose module layout this was checked against; a no-op when the module is already imported.
+    """
+    import deepspeed
+
+    if (not deepspeed.__version__.startswith("0.19.") or MUON_MODULE in sys.modules
+            or str(ds_config.get("optimizer", {}).get("type", "")).lower().startswith("muon")):  # fmt: skip
+        return
+    compiler = importlib.import_module("deepspeed.runtime.compiler")
+    real = compiler.compile
+    compiler.compile = lambda: _compile_on_first_call
+    try:
+        importlib.import_module(MUON_MODULE)
+    finally:
+        compiler.compile = real
+
+
+def _compile_on_first_call(fn):
+    """`torch.compile(fn)`, built on the first call; inside an outer compiled region dynamo traces
+    `fn` itself, as it inlines an eagerly compiled function."""
+    compiled = None
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        nonlocal compiled
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        if compiled is None:
+            compiled = torch.compile(fn)
+        return compiled(*args, **kwargs)
+
+    return run
+
+
 class DeepSpeedEngine(TrainEngine):
     name = "deepspeed"
 
@@ -71,6 +119,7 @@ class DeepSpeedEngine(TrainEngine):
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         self.module.to(self.device)
         cfg = deepspeed_config(self.dist_cfg, self.optim_cfg, self.micro_batch, self.grad_accum, world, on_gpu)
+        _import_muon_without_compiling(cfg)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.module, model_parameters=self.trainable(), config=cfg, lr_scheduler=self.schedule
         )

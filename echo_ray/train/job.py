@@ -8,16 +8,24 @@ Usage:
     job = StageJob(stage="rad", cfg=cfg.train.rad, dist=cfg.train.distributed, prompt=cfg.prompt,
                    model_path="runs/cpt/final", model=cfg.model)   # RAD reads job.cfg.noise
     stage = build_stage(job)
+
+Only the config types are imported at module level: Ray Train's controller unpickles every StageJob
+it passes to the workers, and importing the stage modules here (examples, stage -> transformers and
+the Qwen2.5-VL model code) cost ~2 s on every stage's start-up. They load in `limits` and the
+factories, which run in the workers (tests/test_imports.py checks this).
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from echo_ray.config import CptConfig, DcdConfig, DistributedConfig, ModelConfig, PromptConfig, RadConfig
-from echo_ray.train.examples import Limits, PromptCache
-from echo_ray.train.stage import Stage
+
+if TYPE_CHECKING:  # the real imports are lazy (see the module docstring)
+    from echo_ray.train.examples import Limits
+    from echo_ray.train.stage import Stage
 
 # stage name -> "module:factory(job) -> Stage"
 STAGES: dict[str, str] = {
@@ -48,16 +56,20 @@ class StageJob:
 
     @property
     def limits(self) -> Limits:
+        from echo_ray.train.examples import Limits
+
         return Limits(self.cfg.max_prompt_tokens, self.cfg.max_response_tokens, self.cfg.raw)
 
 
 def cpt_stage(job: StageJob) -> Stage:
     from echo_ray.train.cpt import CptStage
+    from echo_ray.train.examples import PromptCache
 
     return CptStage(job.limits, PromptCache(job.cfg.prompt_cache_mb))
 
 
 def rad_stage(job: StageJob) -> Stage:
+    from echo_ray.train.examples import PromptCache
     from echo_ray.train.rad import RadStage
 
     return RadStage(job.limits, job.cfg.noise, PromptCache(job.cfg.prompt_cache_mb))

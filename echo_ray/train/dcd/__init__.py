@@ -19,6 +19,7 @@ Modules:
     stream      the packer that keeps workers in step, the queue reader, the packet log for replay
     feeder      driver thread: teacher results -> Parquet + bounded per-worker queues, metrics
     worker      the row source inside each Ray Train worker, per-round agreement
+    best        keep-best: best-round bookkeeping, drop warnings, best/ and final <- best
     batch       DcdStage: student rows in the RAD layout with their targets, and the loss call
     loss        commit-step weights and the top-K + rest-bucket KL + EOS loss
     agreement   one-step vs teacher agreement on held-out prompts

@@ -3,8 +3,10 @@
 Flags override the config: --teacher (train.dcd_teacher.teacher), --data (train.dcd.data),
 --output-dir (train.dcd.output_dir), --replay-from (train.dcd_teacher.replay_from),
 --on-policy-student (train.dcd_teacher.on_policy_student); anything else
-with --set KEY=VALUE. Prints the per-round one-step agreement and the final model's path; bad
-input ends with one line on stderr and exit code 2 (echo_ray.cli).
+with --set KEY=VALUE. Prints the per-round one-step agreement, the rounds whose agreement dropped
+more than `train.dcd.agreement_drop_warn` below the best so far, and the final model's path with
+where it came from (the last step, or the best round under `train.dcd.keep_best`); bad input ends
+with one line on stderr and exit code 2 (echo_ray.cli).
 
 Usage:
     echo-ray train dcd --config configs/tiny.yaml --teacher runs/rad/final --data data_out/normalized
@@ -18,6 +20,7 @@ import json
 
 from echo_ray.config.args import add_config_args, config_from_args
 from echo_ray.storage import shown_path
+from echo_ray.train.dcd.best import LAST_STEP, warning_text
 
 FLAG_KEYS = {
     "teacher": "train.dcd_teacher.teacher",
@@ -63,8 +66,24 @@ def run_dcd_command(args: argparse.Namespace) -> int:
     for r in s["rounds"]:
         label = "before" if r["round"] < 0 else f"round {r['round']}"
         print(f"[dcd] {label}: one-step agreement {r.get('agreement', float('nan')):.4f}")
-    print(f"[dcd] trainer idle fraction {s['trainer_idle_fraction']:.3f}; final model: {shown_path(outcome.train.final_dir)}")
+    for line in outcome_lines(s, outcome.train.final_dir):
+        print(line)
     return 0
+
+
+def outcome_lines(s: dict, final_dir: str) -> list[str]:
+    """The end of the text report: drop warnings, idle fraction, and which model ended as final."""
+    lines = [f"[dcd] warning: {warning_text(w)}" for w in s.get("warnings", [])]
+    if s.get("keep_best_unavailable"):
+        lines.append(f"[dcd] warning: {s['keep_best_unavailable']}; keep_best could not work")
+    source = s.get("final_from", LAST_STEP)
+    if source != LAST_STEP:
+        before = " (the student before training)" if s.get("best_round") == -1 else ""
+        source = (f"{source}{before}, agreement {s['best_agreement']:.4f} vs the last step's "
+                  f"{s['final_agreement']:.4f}; last-step model: {shown_path(s['last_dir'])}")  # fmt: skip
+    lines.append(f"[dcd] trainer idle fraction {s['trainer_idle_fraction']:.3f}; "
+                 f"final model: {shown_path(final_dir)} (from {source})")  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

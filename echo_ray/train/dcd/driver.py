@@ -13,7 +13,12 @@
    `epochs` > 1 the stored rounds are then reviewed (`replay.review_results`) as further rounds;
 5. the final model is copied to `<output_dir>/final`; trajectories are under
    `<output_dir>/trajectories` (replayable), per-round records in `dcd_rounds.jsonl`, teacher
-   metrics in `teacher_metrics.jsonl`, and the run summary in `dcd_summary.json`.
+   metrics in `teacher_metrics.jsonl`, and the run summary in `dcd_summary.json`;
+6. keep-best (`train.dcd.keep_best`, `best`): the workers saved the round with the best held-out
+   agreement to `<output_dir>/best`; when it beats the last step, `final` becomes a copy of it and
+   the last-step model is kept in `<output_dir>/last`. The summary's "final_from" says which model is
+   final, and its "warnings" lists the rounds whose agreement dropped more than
+   `train.dcd.agreement_drop_warn` below the best so far (also logged here).
 
 A teacher actor that dies is restarted by Ray and its in-flight prompts are redone (`pool`). A train
 worker that dies restarts the worker group from the last checkpoint (`train.distributed.max_failures`)
@@ -24,6 +29,7 @@ trajectory store (`worker`, `stream`). Without stored trajectories (s3:// output
 Usage:
     outcome = run_dcd(load_config("configs/tiny.yaml", {"train.dcd_teacher.teacher": "runs/rad/final"}))
     outcome.train.final_dir, outcome.summary["trainer_idle_fraction"], outcome.summary["rounds"]
+    outcome.summary["final_from"], outcome.summary["best_round"], outcome.summary["warnings"]
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ import itertools
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
 from echo_ray.config import EchoConfig, save_config
 from echo_ray.errors import ConfigError
-from echo_ray.storage import is_s3, join, read_text
+from echo_ray.storage import is_s3, join, read_text, write_text
+from echo_ray.train.dcd.best import promote_best, warning_text
 from echo_ray.train.dcd.checks import check_dcd_settings, check_teacher, check_vocab, read_meta, writes_trajectories
 from echo_ray.train.dcd.feeder import Feeder
 from echo_ray.train.dcd.pool import TeacherPool
@@ -57,7 +65,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class DcdOutcome:
     train: TrainOutcome
-    summary: dict  # dcd_summary.json: idle fraction, per-round agreement and teacher metrics
+    summary: dict  # dcd_summary.json: idle fraction, per-round agreement, teacher metrics, keep-best outcome
     teacher_rounds: list[dict] = field(default_factory=list)
     heldout_failures: list[tuple[str, str]] = field(default_factory=list)
     replaced: list[tuple[int, str, str]] = field(default_factory=list)  # (round, uid, reason)
@@ -129,6 +137,17 @@ def _plan_prompts(cfg: EchoConfig, plan: StagePlan) -> TaskPlan | None:
     return tasks
 
 
+def _warm_pool(cfg: EchoConfig, worker_cls: type) -> TeacherPool:
+    """The teacher pool with every actor's model loaded before anything waits on it. The held-out decode
+    that follows builds the engines' buffers, and the feeder starts before the trainer workers, so the
+    trainer's first wait is on warm teachers (its idle time is the steady state's)."""
+    t0 = time.perf_counter()
+    pool = _teacher_pool(cfg, worker_cls)
+    pool.ready()
+    log.info("DCD teacher pool ready: %d actor(s) in %.1f s", pool.num_actors, time.perf_counter() - t0)
+    return pool
+
+
 def _heldout(pool: TeacherPool, tasks: list, batch_size: int, writer: TrajectoryWriter | None):
     batches = [(-1, tasks[i : i + batch_size]) for i in range(0, len(tasks), batch_size)]
     records, failures = [], []
@@ -166,6 +185,19 @@ def _fit(plan: StagePlan, rows: DcdRowSource, feeder: Feeder) -> TrainOutcome:
     return export_final(plan, result)
 
 
+def finish_summary(path: str, out: str) -> dict:
+    """The workers' summary, with the final model chosen (`best.promote_best`) and the warnings logged;
+    written back to `path`."""
+    summary = json.loads(read_text(path))
+    if summary.get("keep_best_unavailable"):
+        log.warning("DCD: %s; keep_best cannot work, final is the last step", summary["keep_best_unavailable"])
+    for w in summary.get("warnings", []):
+        log.warning("DCD agreement drop: %s", warning_text(w))
+    summary = promote_best(summary, out)
+    write_text(path, json.dumps(summary, indent=2))
+    return summary
+
+
 def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
     """Check, collect + train in rounds, export. `worker_cls`: the teacher actor body."""
     import ray
@@ -187,7 +219,7 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
             heldout = replay_heldout(t.replay_from)
             results = replay_results(t.replay_from, t.rounds, t.prompts_per_round, t.teacher_batch_size)
         else:
-            pool = _teacher_pool(cfg, worker_cls)
+            pool = _warm_pool(cfg, worker_cls)
             heldout, heldout_failures = _heldout(pool, tasks.heldout, t.teacher_batch_size, writer)
             queue = TaskQueue(tasks, t.teacher_batch_size)
             results = pool.map(queue)
@@ -206,5 +238,5 @@ def run_dcd(cfg: EchoConfig, worker_cls: type = TeacherWorker) -> DcdOutcome:
             pool.shutdown()
         for q in queues:
             q.shutdown()
-    summary = json.loads(read_text(join(out, "dcd_summary.json")))
+    summary = finish_summary(join(out, "dcd_summary.json"), out)
     return DcdOutcome(outcome, summary, feeder.summaries, heldout_failures, queue.replaced if queue else [])

@@ -15,8 +15,10 @@ round then waits for `expected` records. Without it, failures count toward closi
 
 Metrics per round (sent to the workers in the `RoundEnd` message and appended to
 `<output>/teacher_metrics.jsonl`): records, failures (with reasons), teacher tokens, busy seconds,
-records/s and tokens/s over the round's wall time, queue depth (mean/max over puts, in packets per
-worker queue), and the seconds the feeder was blocked on full queues.
+records/s and tokens/s over the round's wall time less the seconds the feeder was blocked on full
+queues (the teachers get no new work while it is: this is their own rate, not the trainer's start-up;
+`teacher_records_per_s_wall` keeps the plain wall rate), queue depth (mean/max over puts, in packets
+per worker queue), and those blocked seconds.
 
 Usage:
     feeder = Feeder(results, expected={0: 64, 1: 64}, queues=qs, batch_size=4, writer=w, log_path=p)
@@ -57,11 +59,13 @@ class _RoundStats:
 
     def summary(self, round_index: int, started: float) -> dict:
         wall = max(self.last_at - (self.first_at or started), 1e-9)
+        active = max(wall - self.blocked_s, 1e-9)  # blocked on full queues = the teachers were given no work
         return {
             "round": round_index, "records": self.records, "failures": len(self.failures),
             "failure_reasons": [f"{u}: {r}" for u, r in self.failures][:20], "teacher_tokens": self.tokens,
-            "teacher_busy_s": self.busy_s, "teacher_records_per_s": self.records / wall,
-            "teacher_tokens_per_s": self.tokens / wall, "queue_depth_mean": sum(self.depths) / max(1, len(self.depths)),
+            "teacher_busy_s": self.busy_s, "teacher_records_per_s": self.records / active,
+            "teacher_records_per_s_wall": self.records / wall, "teacher_wall_s": wall,
+            "teacher_tokens_per_s": self.tokens / active, "queue_depth_mean": sum(self.depths) / max(1, len(self.depths)),
             "queue_depth_max": max(self.depths, default=0.0), "feeder_blocked_s": self.blocked_s, "steps": self.steps,
             "finished_at": time.time(),
         }  # fmt: skip

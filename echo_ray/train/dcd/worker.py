@@ -10,7 +10,11 @@ and gets this worker's `RowStream`:
   far, and the teacher metrics the feeder attached, appended to `<output_dir>/dcd_rounds.jsonl` and
   TensorBoard (`dcd/*`). `on_start` measures agreement once before the first step (round -1: the
   teacher's own one-step score, since the student starts as the teacher); `on_finish` reads the
-  last RoundEnd, evaluates the final model, and averages the idle time over ranks.
+  last RoundEnd, evaluates the final model, and averages the idle time over ranks. Every scored
+  round also goes through `best.BestRound`: a new best is saved to `<output_dir>/best` when
+  `train.dcd.keep_best` is on (round -1 included), a round more than `agreement_drop_warn` below the
+  best so far is a warning line, and the summary gets "best_round", "best_agreement",
+  "final_agreement", "best_dir" and "warnings" (the driver then picks the final model, `best.promote_best`).
 
 A train worker that dies restarts the group from the last checkpoint (Ray Train `FailureConfig`);
 each worker then replays, from the feeder's packet log and the trajectory store, the packets the
@@ -22,7 +26,8 @@ excluded). The wait for the very first packet (trainer and teacher start-up) is 
 `idle_fraction` and left out of `idle_fraction_steady`.
 
 With ZeRO-3 the weights are partitioned and a plain forward outside the engine is impossible, so
-the in-loop agreement is skipped (the driver still scores the final model).
+the in-loop agreement is skipped: no round is scored, keep_best cannot work, and the summary's
+"keep_best_unavailable" says so (the run itself goes on).
 
 Usage (the driver passes the source to the loop as train_loop_config["rows"]):
     source = DcdRowSource(queues, heldout_records, max_new_tokens=160, output_dir="runs/dcd")
@@ -43,6 +48,7 @@ from echo_ray.errors import InputError
 from echo_ray.storage import exists, is_s3, join, read_text, write_text
 from echo_ray.train.data import DataPosition
 from echo_ray.train.dcd.agreement import onestep_agreement
+from echo_ray.train.dcd.best import BestKeeping, BestRound, save_best, unscored_reason, warning_text
 from echo_ray.train.dcd.messages import RoundEnd, Step, message_key, unknown
 from echo_ray.train.dcd.store import read_trajectories
 from echo_ray.train.dcd.stream import PACKETS_FILE, PacketReader, replay_packets
@@ -78,7 +84,8 @@ class DcdRowSource:
             worker_line(f"[dcd] rank {rank} resumes after step {position.batches}: up to {len(replay)} packet(s) to replay")
         evaluate = job.dist.backend == "ddp" or job.dist.zero_stage < 3
         rows = StreamRows(self.queues[rank], replay, position.batches, skip=logged)
-        return RowStream(rows, DcdRounds(rows, self.heldout if evaluate else [], parts, rank, self))
+        best = BestKeeping(job.cfg.keep_best, BestRound(job.cfg.agreement_drop_warn), unscored_reason(evaluate, self.heldout))
+        return RowStream(rows, DcdRounds(rows, self.heldout if evaluate else [], parts, rank, self, best))
 
     def _records_by_uid(self, uids: set[str]) -> dict[str, TrajectoryRecord]:
         return {rec.uid: rec for rec in read_trajectories(self.trajectories) if rec.uid in uids}
@@ -139,19 +146,24 @@ class StreamRows:
 class DcdRounds(LoopCallbacks):
     """Round records (rank 0) and the end-of-run summary (every rank)."""
 
-    def __init__(self, rows: StreamRows, heldout: list[TrajectoryRecord], parts, rank: int, source: DcdRowSource):
+    def __init__(self, rows: StreamRows, heldout: list[TrajectoryRecord], parts, rank: int, source: DcdRowSource,
+                 best: BestKeeping):  # fmt: skip
         self.rows, self.parts, self.rank, self.source = rows, parts, rank, source
         self.heldout = heldout
         self._prompts = None
         self.eval_s = 0.0
         self.rounds: list[dict] = []
+        self.best = best
 
     def on_start(self, state) -> None:
+        if self.rank == 0 and self.best.unscored:
+            worker_line(f"[dcd] warning: {self.best.unscored}; keep_best cannot work, final is the last step")
         if state.step == 0:
             self._round_record(-1, {})
         elif self.rank == 0:  # resumed: keep the rounds recorded before the restart
             path = join(self.source.output_dir, ROUNDS_FILE)
             self.rounds = [json.loads(x) for x in read_text(path).splitlines() if x] if exists(path) else []
+            self.best.resume(self.rounds, state.position.epoch)
 
     def on_event(self, event: LoopEvent) -> None:
         if isinstance(event, RoundEnd):
@@ -197,10 +209,27 @@ class DcdRounds(LoopCallbacks):
         rec = {"round": r, "time": time.time(), "steps": self.rows.steps, "first_step_at": self.rows.first_step_at,
                **self._agreement(), **self.idle(), **{f"teacher_{k}" if not k.startswith("teacher") else k: v
                                                        for k, v in teacher_stats.items() if k != "round"}}  # fmt: skip
+        self._judge(rec)
         self.rounds = [x for x in self.rounds if x["round"] != r] + [rec]  # a replayed round end replaces its record
         self._write(rec)
         shown = {k: round(v, 4) for k, v in rec.items() if k in ("agreement", "idle_fraction", "teacher_records_per_s")}
         worker_line(f"[dcd] round {r}: {shown}")
+
+    def _judge(self, rec: dict) -> None:
+        """Best-so-far bookkeeping for a scored round: save a new best (keep_best), warn on a drop."""
+        if rec.get("agreement") is None:
+            return
+        b = self.best
+        verdict = b.tracker.update(rec["round"], rec["agreement"])
+        if verdict.new_best and b.keep:
+            t0 = time.perf_counter()
+            save_best(self.parts, self.source.output_dir)
+            b.saved_round = rec["round"]
+            rec["best_saved"] = True  # written after the save finished: a resumed group trusts it
+            self.eval_s += time.perf_counter() - t0  # not trainer idle time
+        if verdict.warning is not None:
+            worker_line(f"[dcd] warning: {warning_text(verdict.warning)}")
+        rec["best_round"], rec["best_agreement"] = b.tracker.best_round, b.tracker.best_agreement
 
     def _write(self, rec: dict) -> None:
         out = self.source.output_dir
@@ -211,7 +240,7 @@ class DcdRounds(LoopCallbacks):
 
         with SummaryWriter(str(Path(out) / "tb")) as tb:
             for k, v in rec.items():
-                if isinstance(v, (int, float)) and k not in ("round", "time", "first_step_at"):
+                if isinstance(v, (int, float)) and k not in ("round", "time", "first_step_at", "best_round", "best_saved"):
                     tb.add_scalar(f"dcd/{k}", v, rec["round"] + 1)
 
     def on_finish(self, state) -> None:
@@ -234,4 +263,5 @@ class DcdRounds(LoopCallbacks):
         summary = {"trainer_idle_fraction": float(t[0] / t[1]), "untrained_rows": int(t[2]), "steps": self.rows.steps,
                    "replayed_packets": int(t[3]), "first_step_at": self.rows.first_step_at, "rounds": self.rounds}  # fmt: skip
         if self.rank == 0:
+            summary.update(self.best.summary(self.rounds, self.source.output_dir))
             write_text(join(self.source.output_dir, "dcd_summary.json"), json.dumps(summary, indent=2))
