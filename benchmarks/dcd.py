@@ -47,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="work directory (default: a new temporary one)")
     p.add_argument("--teacher", default="", help="existing ECHO_Base checkpoint (skips the RAD run)")
     p.add_argument("--data", default="", help="normalized dataset with eval and dcd splits (default: phantom)")
-    p.add_argument("--phantom-n", type=int, default=1200)
+    p.add_argument("--phantom-n", type=int, default=1600, help="phantom studies (the demo's 1,600)")
+    p.add_argument("--raw-corpus", action="store_true",
+                   help="raw phantom reports (several wordings per finding) instead of the normalized corpus")  # fmt: skip
     p.add_argument("--cpt-steps", type=int, default=1000, help="teacher: CPT steps of 8 rows from the random tiny model")
     p.add_argument("--cpt-lr", type=float, default=1e-3)
     p.add_argument("--rad-steps", type=int, default=800, help="teacher: then RAD steps of 8 rows, vision frozen")
@@ -79,15 +81,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_data(args, work: Path) -> str:
+    """The corpus the demo trains on: phantom studies normalized by the rules engine (configs/tiny.yaml's
+    `normalize` settings; the dcd split is part of the RAD training set, as in the paper), or with
+    --raw-corpus the raw phantom reports split directly (eval, dcd, train disjoint)."""
+    from dataclasses import replace
+
+    from echo_ray.config import SourceSpec, load_config
     from echo_ray.data.phantom import write_phantom
     from echo_ray.data.phantom_dataset import write_phantom_dataset
+    from echo_ray.data.pipeline.driver import run_pipeline
 
     if args.data:
         return args.data
     corpus = work / "phantom"
     write_phantom(corpus, args.phantom_n, seed=args.seed)
-    dcd_rows = args.heldout + args.rounds * args.prompts_per_round + 16  # + spares
-    return str(write_phantom_dataset(corpus, work / "data", eval_rows=args.eval_n, dcd_rows=dcd_rows))
+    if args.raw_corpus:
+        dcd_rows = args.heldout + args.rounds * args.prompts_per_round + 16  # + spares
+        return str(write_phantom_dataset(corpus, work / "data", eval_rows=args.eval_n, dcd_rows=dcd_rows))
+    norm = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").normalize
+    norm = replace(norm, sources=[SourceSpec("phantom", str(corpus))], output=str(work / "normalized"),
+                   splits=replace(norm.splits, seed=args.seed))  # fmt: skip
+    run_pipeline(norm)
+    return norm.output
 
 
 def train_in_process(stage, model, parts, rows: list[dict], steps: int, lr: float, seed: int, tag: str) -> None:
@@ -201,7 +216,8 @@ def recipe(cfg) -> dict:
 
     d, t = cfg.train.dcd, cfg.train.dcd_teacher
     return {"loss": to_dict(d.loss), "optim": to_dict(d.optim), "batch_size": d.batch_size, "epochs": t.epochs,
-            "top_k": t.top_k, "teacher_steps": t.teacher_steps, "keep_best": getattr(d, "keep_best", None)}
+            "top_k": t.top_k, "teacher_steps": t.teacher_steps, "teacher_batch_size": t.teacher_batch_size,
+            "queue_size": t.queue_size, "keep_best": d.keep_best}
 
 
 def max_drop(by_round: dict[int, float | None], after: int = 1) -> float | None:
@@ -289,7 +305,7 @@ def main(argv=None) -> int:
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     data = build_data(args, work)
-    teacher, rad_s = build_teacher(args, data, work)
+    teacher, teacher_s = build_teacher(args, data, work)
     outcome, dcd_s, cfg = run_distillation(args, teacher, data, work)
     rows = eval_rows(data, args.eval_n)
     refs = [r["report"] for r in rows]
@@ -317,7 +333,7 @@ def main(argv=None) -> int:
         "dcd_steps": s["steps"],
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "out")} | {"eval_rows": len(rows)},
         "recipe": recipe(cfg),
-        "seconds": {"rad": rad_s, "dcd": dcd_s},
+        "seconds": {"teacher": teacher_s, "dcd": dcd_s},
         "examples": {"teacher": t_texts[0][:200], "base_onestep": b_texts[0][:200], "echo_onestep": e_texts[0][:200]},
         "work_dir": str(work),
     }

@@ -87,12 +87,13 @@ def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teach
     assert rounds[0]["teacher_records"] == PER_ROUND
 
     # keep-best (on by default): the best round (the untrained student is a candidate) was saved to best/;
-    # final is it when it beats the last step, and the last-step model is then kept in last/
+    # final is it when the last step fell more than agreement_drop_warn (0.05) below it, and the last-step
+    # model is then kept in last/
     scores = {r: rec["agreement"] for r, rec in rounds.items()}
     assert summary["best_agreement"] == max(scores.values()) and scores[summary["best_round"]] == max(scores.values())
     assert summary["final_agreement"] == scores[3] and summary["best_dir"] == str(out / "best")
     assert load_checkpoint(str(out / "best")).block_size == 8
-    beaten = summary["best_agreement"] > summary["final_agreement"]
+    beaten = summary["best_agreement"] - summary["final_agreement"] > 0.05 + 1e-9
     assert summary["final_from"] == (f"best round {summary['best_round']}" if beaten else "last step")
     assert (out / "last").is_dir() == beaten
     assert all(w["agreement"] < w["best"] - 0.05 for w in summary["warnings"])

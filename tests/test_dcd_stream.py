@@ -76,7 +76,9 @@ def test_teacher_rate_leaves_out_the_time_the_queues_were_full() -> None:
     from echo_ray.train.dcd.feeder import _RoundStats
 
     st = _RoundStats(expected=40, failures_count=True)
-    st.first_at, st.last_at, st.records, st.blocked_s = 100.0, 130.0, 40, 26.0
+    st.first_at, st.last_at, st.records, st.blocked_s, st.busy_s = 100.0, 130.0, 40, 26.0, 3.5
     s = st.summary(0, started=100.0)
     assert s["teacher_records_per_s"] == 10.0 and round(s["teacher_records_per_s_wall"], 3) == round(40 / 30, 3)
     assert s["teacher_wall_s"] == 30.0 and s["feeder_blocked_s"] == 26.0
+    st.busy_s = 0.0  # a review pass: stored trajectories, no teacher decoded anything
+    assert st.summary(7, started=100.0)["teacher_records_per_s"] is None

@@ -15,10 +15,10 @@
    `<output_dir>/trajectories` (replayable), per-round records in `dcd_rounds.jsonl`, teacher
    metrics in `teacher_metrics.jsonl`, and the run summary in `dcd_summary.json`;
 6. keep-best (`train.dcd.keep_best`, `best`): the workers saved the round with the best held-out
-   agreement to `<output_dir>/best`; when it beats the last step, `final` becomes a copy of it and
-   the last-step model is kept in `<output_dir>/last`. The summary's "final_from" says which model is
-   final, and its "warnings" lists the rounds whose agreement dropped more than
-   `train.dcd.agreement_drop_warn` below the best so far (also logged here).
+   agreement to `<output_dir>/best`; when the last step fell more than `agreement_drop_warn` below it,
+   `final` becomes a copy of it and the last-step model is kept in `<output_dir>/last`. The
+   summary's "final_from" says which model is final, and its "warnings" lists the rounds whose
+   agreement dropped more than `train.dcd.agreement_drop_warn` below the best so far (also logged here).
 
 A teacher actor that dies is restarted by Ray and its in-flight prompts are redone (`pool`). A train
 worker that dies restarts the worker group from the last checkpoint (`train.distributed.max_failures`)

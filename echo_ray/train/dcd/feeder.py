@@ -60,12 +60,13 @@ class _RoundStats:
     def summary(self, round_index: int, started: float) -> dict:
         wall = max(self.last_at - (self.first_at or started), 1e-9)
         active = max(wall - self.blocked_s, 1e-9)  # blocked on full queues = the teachers were given no work
+        decoded = self.busy_s > 0  # a review pass re-reads stored trajectories: no teacher ran, no rate
         return {
             "round": round_index, "records": self.records, "failures": len(self.failures),
             "failure_reasons": [f"{u}: {r}" for u, r in self.failures][:20], "teacher_tokens": self.tokens,
-            "teacher_busy_s": self.busy_s, "teacher_records_per_s": self.records / active,
-            "teacher_records_per_s_wall": self.records / wall, "teacher_wall_s": wall,
-            "teacher_tokens_per_s": self.tokens / active, "queue_depth_mean": sum(self.depths) / max(1, len(self.depths)),
+            "teacher_busy_s": self.busy_s, "teacher_records_per_s": self.records / active if decoded else None,
+            "teacher_records_per_s_wall": self.records / wall if decoded else None, "teacher_wall_s": wall,
+            "teacher_tokens_per_s": self.tokens / active if decoded else None, "queue_depth_mean": sum(self.depths) / max(1, len(self.depths)),
             "queue_depth_max": max(self.depths, default=0.0), "feeder_blocked_s": self.blocked_s, "steps": self.steps,
             "finished_at": time.time(),
         }  # fmt: skip
@@ -151,8 +152,9 @@ class Feeder:
             if self.log_path:
                 with open(self.log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(summary) + "\n")
-            log.info("DCD round %d collected: %d records, %d failures, %.2f records/s", r, summary["records"],
-                     summary["failures"], summary["teacher_records_per_s"])  # fmt: skip
+            rate = summary["teacher_records_per_s"]
+            log.info("DCD round %d collected: %d records, %d failures, %s", r, summary["records"], summary["failures"],
+                     f"{rate:.2f} records/s" if rate is not None else "stored (review pass)")  # fmt: skip
             self._broadcast(RoundEnd(r, summary))
 
     def _accept(self, result) -> None:

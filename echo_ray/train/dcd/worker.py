@@ -212,7 +212,8 @@ class DcdRounds(LoopCallbacks):
         self._judge(rec)
         self.rounds = [x for x in self.rounds if x["round"] != r] + [rec]  # a replayed round end replaces its record
         self._write(rec)
-        shown = {k: round(v, 4) for k, v in rec.items() if k in ("agreement", "idle_fraction", "teacher_records_per_s")}
+        shown = {k: round(v, 4) for k, v in rec.items()
+                 if k in ("agreement", "idle_fraction", "teacher_records_per_s") and v is not None}  # fmt: skip
         worker_line(f"[dcd] round {r}: {shown}")
 
     def _judge(self, rec: dict) -> None:
