@@ -207,8 +207,9 @@ def save_best(parts: Any, output_dir: str) -> str:
 
 
 def promote_best(summary: dict, output_dir: str) -> dict:
-    """Driver, after `export_final`: make `<output_dir>/final` the best round's model when it beats the
-    last step (`choose_final`), keeping the last-step model in `<output_dir>/last`. Returns the summary
+    """Driver, after `export_final`: make `<output_dir>/final` the best round's model when the last step
+    fell more than the drop margin below it (`choose_final`), keeping the last-step model in
+    `<output_dir>/last`. Returns the summary
     with "final_from" (and "last_dir" when final was replaced)."""
     out = dict(summary)
     choice = choose_final(out)
