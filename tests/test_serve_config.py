@@ -45,6 +45,23 @@ def test_serve_config_is_a_valid_deploy_schema_with_gpu_autoscaling():
     assert engine.max_ongoing_requests == max_ongoing_requests(cfg, decode) > decode.slots.max_rows + cfg.max_queue
     assert 0 < engine.autoscaling_config["target_ongoing_requests"] <= decode.slots.max_rows
     assert ingress.max_ongoing_requests == ingress_max_ongoing(cfg, decode)
+    from echo_ray.serve.app import REPLICA_ENV  # Serve's replica tuning reaches both deployments on a cluster too
+
+    assert REPLICA_ENV.items() <= app.runtime_env["env_vars"].items()
+
+
+def test_compose_gives_both_deployments_the_replica_env_and_keeps_explicit_options():
+    from echo_ray.serve.app import REPLICA_ENV, compose
+
+    configs = parse_app_args({"model": "runs/x"})
+    mine = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1", "OTHER": "x"}
+    app = compose(*configs, engine={"ray_actor_options": {"num_cpus": 2, "runtime_env": {"env_vars": mine}}})
+    front = app._bound_deployment  # no public accessor for a bound application's deployments
+    engine_app = front._replica_config.init_args[0]  # the engine application the ingress is bound over
+    assert front.ray_actor_options["runtime_env"]["env_vars"] == REPLICA_ENV
+    assert front.ray_actor_options["num_cpus"] == 0.5  # the ingress's code defaults stay
+    eng = engine_app._bound_deployment.ray_actor_options
+    assert eng["num_cpus"] == 2 and eng["runtime_env"]["env_vars"] == {**REPLICA_ENV, **mine}
 
 
 def test_build_app_args_are_strict():
@@ -63,6 +80,10 @@ def test_build_app_args_are_strict():
     for gone in ("batching", "max_batch_size", "batch_wait_timeout_s"):  # one batching path: continuous
         with pytest.raises(ConfigError, match=gone):
             parse_app_args({"model": "m", gone: "static" if gone == "batching" else 4})
+    with pytest.raises(ConfigError, match="row_by_value_max_bytes 4194304 exceeds .*gRPC"):
+        parse_app_args({"model": "x", "row_by_value_max_bytes": 4 << 20})
+    with pytest.raises(ConfigError, match="row_by_value_max_bytes"):
+        parse_app_args({"model": "x", "row_by_value_max_bytes": -1})
     with pytest.raises(ConfigError, match="max_queue"):
         parse_app_args({"model": "m", "max_queue": -1})
     # the loading settings moved to the model section (issue 28): the old keys are named, not ignored

@@ -1,5 +1,5 @@
 """The engine replica's EngineCore over the real scheduler thread (tiny model, CPU, no Ray): a plain
-row's blocks come over in one message, a stream's as they finish after `Accepted`; both give the
+row's blocks come over in one message (and in one answer through `whole`, the unary entry), a stream's as they finish after `Accepted`; both give the
 tokens of a lone local decode; refusals (too long, queue full) come before any decoding."""
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def test_plain_rows_come_in_one_message_streams_one_per_block_same_tokens() -> N
     try:
         plain = asyncio.run(_collect(c, row, False))
         stream = asyncio.run(_collect(c, row, True))
+        whole = asyncio.run(c.whole(row, 120.0))  # the unary entry plain requests use
     finally:
         c.close()
     assert len(plain) == 1, "a plain row wakes the ingress once, with its last block"
@@ -49,9 +50,10 @@ def test_plain_rows_come_in_one_message_streams_one_per_block_same_tokens() -> N
     plain_tokens = [t for u in plain[0] for t in u.event.tokens]
     stream_tokens = [t for m in stream[1:] for u in m for t in u.event.tokens]
     assert plain_tokens == stream_tokens == alone
+    assert [t for u in whole for t in u.event.tokens] == alone and whole[-1].event.finished
     assert len(plain[0]) == sum(len(m) for m in stream[1:]) >= 2  # the same blocks
     assert all(isinstance(u, BlockUpdate) and u.event.trace is None for m in plain for u in m)
-    assert c.snapshot()["served"] == 2
+    assert c.snapshot()["served"] == 3
 
 
 def test_a_row_too_long_or_a_full_queue_is_refused_before_decoding() -> None:
@@ -63,3 +65,5 @@ def test_a_row_too_long_or_a_full_queue_is_refused_before_decoding() -> None:
     assert isinstance(msg, Refused) and msg.status == 422 and "max_len" in msg.message
     (msg,) = asyncio.run(_collect(c, gen.rows.row(study(0), "en", "onestep", 8), True))
     assert isinstance(msg, Refused) and msg.status == 429 and msg.retry_after_s >= 1
+    msg = asyncio.run(c.whole(too_long, 120.0))
+    assert isinstance(msg, Refused) and msg.status == 422

@@ -2,7 +2,8 @@
 
 - The engine replica receives a row of tensors and numbers only (no bytes, no images): its last row's
   leaf types, as the replica itself reports them.
-- Plain and streamed answers equal a lone local decode of the same study.
+- Plain and streamed answers equal a lone local decode of the same study, for rows sent by value
+  (the usual) and rows too large for that, sent through the object store.
 - Fault: two engine replicas under concurrent plain + streaming load, one killed with `ray.kill`:
   every plain request completes (no 5xx: the ingress retried it once on the other replica), every
   stream ends with `final` or `error` (never hangs), and Serve brings the deployment back to two.
@@ -59,6 +60,35 @@ def test_plain_and_streamed_tokens_equal_a_lone_local_decode(url):
         events = parse_sse(requests.post(url + "/v1/reports/stream", files=files, data={"mode": mode}, timeout=60).text)
         assert events[-1][0] == "final" and (events[-1][1]["text"], events[-1][1]["tokens"]) == (text, n)
         assert sum(d["new_tokens"] for name, d in events if name == "block") == n
+
+
+BYREF_APP = "echo_byref"
+
+
+def test_rows_over_the_by_value_limit_go_through_the_object_store_with_the_same_tokens(ray_cluster):
+    from ray import serve
+
+    from echo_ray.serve.app import compose, parse_app_args
+    from echo_ray.serve.remote import EngineHandles, row_bytes
+
+    row = local_generator().rows.row([Image.open(phantom_pngs()[3]).convert("RGB")], "en", "onestep", MAX_NEW_TOKENS)
+    handles = EngineHandles("unary", "stream", "unary_ref", "stream_ref", row_bytes(row))  # which handle `pick` takes
+    assert (handles.pick(row, False), handles.pick(row, True)) == ("unary", "stream")
+    handles = EngineHandles("unary", "stream", "unary_ref", "stream_ref", row_bytes(row) - 1)
+    assert (handles.pick(row, False), handles.pick(row, True)) == ("unary_ref", "stream_ref")
+    # An app whose every row goes through the object store (the path of large studies) decodes the same.
+    args = {"model": str(tiny_checkpoint()), "decode": {"max_new_tokens": MAX_NEW_TOKENS}, "row_by_value_max_bytes": 0}
+    url = f"{http_base()}/{BYREF_APP}"
+    serve.run(compose(*parse_app_args(args)), name=BYREF_APP, route_prefix=f"/{BYREF_APP}")
+    wait_ready(url)
+    data = phantom_pngs()[3].read_bytes()
+    text, n = local_text(data)
+    files = [("images", ("a.png", data, "image/png"))]
+    plain = requests.post(url + "/v1/reports", files=files, timeout=120).json()
+    assert (plain["text"], plain["tokens"]) == (text, n)
+    events = parse_sse(requests.post(url + "/v1/reports/stream", files=files, timeout=120).text)
+    assert events[-1][0] == "final" and events[-1][1]["text"] == text
+    serve.delete(BYREF_APP)
 
 
 FAULT_APP = "echo_fault"

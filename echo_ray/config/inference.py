@@ -149,6 +149,10 @@ class ServeConfig(Section):
     max_request_pixels: int = 100_000_000  # all images of one request together (413 above)
     max_replica_pixels: int = 200_000_000  # images being decoded at once in one replica; the rest wait
     max_new_tokens_limit: PositiveInt = 512  # largest max_new_tokens a request may ask for (422 above)
+    # Rows (token ids + pixels) up to this many bytes go from the ingress to the engine by value over
+    # the replicas' gRPC channel (at most 4 MiB - 256 KiB: Serve's limit); larger ones, or all with 0,
+    # through Ray's object store (echo_ray/serve/remote.py).
+    row_by_value_max_bytes: NonNegativeInt = 3 << 20
     # auto = cuda when the replica has a GPU (echo_ray.model.checkpoint.resolve_device). How the model
     # loads (dtype, attention, cache, image bounds) is the `model` section, in Serve's args `model_config`.
     device: Literal["auto", "cpu", "cuda"] = "auto"

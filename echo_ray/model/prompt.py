@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -24,7 +25,13 @@ from echo_ray.model.tokenizer import IMAGE_TOKEN, VISION_END, VISION_START
 
 @dataclass
 class StudyPrompt:
-    """One unpadded prompt. input_ids: (P,); pixel_values: (patches, C*T*p*p); image_grid_thw: (n, 3)."""
+    """One unpadded prompt. input_ids: (P,); pixel_values: (patches, C*T*p*p); image_grid_thw: (n, 3).
+
+    Pickles its CPU tensors as numpy arrays (a prompt crosses processes: the serving ingress hands
+    it to an engine replica): pickle 5 moves those as out-of-band buffers, while a torch tensor
+    pickles through torch's own serializer. Measured on a Serve handle hop with a tiny preset row
+    (300 KB of pixels): ~5 ms less CPU per request over both processes and the object store.
+    Unpickled, they are writable tensors of the same dtype and values."""
 
     input_ids: torch.Tensor
     pixel_values: torch.Tensor
@@ -33,6 +40,26 @@ class StudyPrompt:
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[0])
+
+    def __reduce__(self):
+        fields = (self.input_ids, self.pixel_values, self.image_grid_thw)
+        return _prompt_from_arrays, tuple(_as_array(t) for t in fields)
+
+
+# numpy has no bfloat16: such tensors (and any on an accelerator) keep torch's own pickling.
+_NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
+                 torch.uint8, torch.bool}  # fmt: skip
+
+
+def _as_array(t: torch.Tensor):
+    if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES:
+        return t.detach().numpy()
+    return t
+
+
+def _prompt_from_arrays(*fields) -> StudyPrompt:
+    # A copy: arrays that Ray hands over zero-copy are read-only views of its object store.
+    return StudyPrompt(*(torch.from_numpy(np.array(f)) if isinstance(f, np.ndarray) else f for f in fields))
 
 
 def instruction(language: str, cfg: PromptConfig) -> str:

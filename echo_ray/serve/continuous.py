@@ -17,6 +17,7 @@ cancelled) frees the row's slot at the next block edge. Rows carry token ids and
 Usage:
     core = EngineCore(engine, max_queue=64); core.warmup(row); core.start()
     async for msg in core.run(row, timeout_s=60.0, streaming=True): ...  # Accepted | Refused | list[Update]
+    updates = await core.whole(row, timeout_s=60.0)                      # Refused | list[Update] (plain)
     core.snapshot(); core.close()
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 from echo_ray.decode.engine import DecodeEngine, RowRequest
@@ -154,6 +156,16 @@ class EngineCore:
                     return
         finally:  # the caller went away (generator closed or cancelled): free the slot at the next edge
             self.scheduler.cancel(ticket)
+
+    async def whole(self, row: RowRequest, timeout_s: float) -> Refused | list[Update]:
+        """A plain row in one answer: its refusal, or all its updates (the last one finished or a Failure)."""
+        updates: list[Update] = []
+        async with aclosing(self.run(row, timeout_s, streaming=False)) as messages:
+            async for msg in messages:
+                if isinstance(msg, Refused):
+                    return msg
+                updates.extend(msg)
+        return updates
 
     def warmup(self, row: RowRequest) -> None:
         """Decode one row synchronously on the calling thread (before `start`)."""

@@ -2,7 +2,8 @@
 
 It takes ready rows (`RowRequest`: token ids, pixel tensors, grid, mode, budget) from the ingress
 deployment (service.py) through a `DeploymentHandle` and answers with block updates as a handle
-stream (`handle.options(stream=True).decode.remote(row, timeout_s, streaming)`); no HTTP, no
+stream (`handle.options(stream=True).decode.remote(row, timeout_s, True)`), or, for a plain
+request, as one answer (`handle.decode_whole.remote(row, timeout_s)`); no HTTP, no
 bytes, no image decoding here. A thin shell over `EngineCore` (continuous.py). One GPU per replica
 on a cluster (serve_config.yaml), a CPU fraction locally; Serve replaces a replica that dies and
 the ingress retries its plain requests once (service.py).
@@ -10,6 +11,7 @@ the ingress retries its plain requests once (service.py).
 Usage (app.py binds it under the ingress):
     engine = ReportEngine.bind(ServeConfig(model="runs/dcd/final"), DecodeConfig(), PromptConfig(), ModelConfig())
     gen = handle.options(stream=True).decode.remote(row, 60.0, True)   # Accepted, then [BlockUpdate], ...
+    updates = await handle.decode_whole.remote(row, 60.0)              # Refused | [BlockUpdate, ..., last]
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig, ServeConfig
 from echo_ray.decode.engine import DecodeEngine, RowRequest
 from echo_ray.decode.rows import ModelSide, RowFactory, row_leaves
 from echo_ray.model.checkpoint import load_checkpoint
-from echo_ray.serve.continuous import EngineCore, Message
+from echo_ray.decode.scheduler import Update
+from echo_ray.serve.continuous import EngineCore, Message, Refused
 from echo_ray.serve.metrics import SchedulerMetrics
 
 logger = logging.getLogger("ray.serve")
@@ -43,6 +46,8 @@ def replica_id() -> str:
     ray_actor_options={"num_cpus": 0.5, "num_gpus": 0},
     max_ongoing_requests=88,  # app.py sets it from the slots and queue (engine_max_ongoing)
     health_check_period_s=10,
+    # An internal hop: the ingress's access line (same request id) already records each request.
+    logging_config={"enable_access_log": False},
 )
 class ReportEngine:
     def __init__(self, cfg: ServeConfig, decode: DecodeConfig, prompt: PromptConfig, model: ModelConfig | None = None):
@@ -67,10 +72,17 @@ class ReportEngine:
             self.core.close()
 
     async def decode(self, row: RowRequest, timeout_s: float, streaming: bool) -> AsyncIterator[Message]:
-        """Handle-stream entry: see EngineCore.run."""
+        """Handle-stream entry (streamed requests): see EngineCore.run."""
         self.last_row = row  # a reference only: /v1/status shows what a row carries (`row_leaves`)
         async for msg in self.core.run(row, timeout_s, streaming):
             yield msg
+
+    async def decode_whole(self, row: RowRequest, timeout_s: float) -> Refused | list[Update]:
+        """Unary entry (plain requests): the refusal, or every update of the row in one answer.
+
+        One return value instead of a stream's item + end-of-stream reports: less work on both sides."""
+        self.last_row = row
+        return await self.core.whole(row, timeout_s)
 
     async def stats(self) -> dict:
         """This replica's id, slots, queue, rows per step, CPU counters and the last row's leaf types."""

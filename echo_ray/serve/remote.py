@@ -1,8 +1,11 @@
 """The ingress's side of a row: send it to the engine deployment, turn its block updates into answers.
 
-`RemoteRow` calls the engine through its `DeploymentHandle` as a handle stream (`handle` is
-`engine_handle.options(stream=True)`: `handle.decode.remote(row, timeout_s, streaming)`), accumulates the row's
-tokens, and builds the same `GeneratedReport` the local decoder returns. The engine's refusals
+`RemoteRow` calls the engine through its `DeploymentHandle`s (`EngineHandles`): a streamed request as
+a handle stream (`stream.decode.remote(row, timeout_s, True)`: Accepted, then block updates), a
+plain one as a single answer (`unary.decode_whole.remote(row, timeout_s)`: every update at once,
+one reply instead of a stream's per-item reports). Rows up to `row_by_value_max_bytes` travel by
+value over the replicas' gRPC channel, larger ones through the object store. It accumulates the row's tokens and builds the
+same `GeneratedReport` the local decoder returns. The engine's refusals
 become `ApiError` 422 / `Overloaded` 429 (with Retry-After), its failures the statuses the old
 single-deployment service used (deadline 503, invalid 422, internal 500). An engine replica that
 dies mid-request surfaces as `EngineGone` (503); `decode_plain` retries a plain request once, on
@@ -10,8 +13,9 @@ whichever replica Serve's router picks next (decoding is deterministic, so a ret
 report). A stream cannot be retried (blocks already went out): it ends with an `error` event.
 
 Usage:
-    report, row = await decode_plain(handle, req, deadline, tokenizer, mode, block_size)
-    row = RemoteRow(handle, req, deadline, tokenizer, mode, block_size, streaming=True); await row.open()
+    handles = EngineHandles.of(engine_handle, cfg.row_by_value_max_bytes)
+    report, row = await decode_plain(handles, req, deadline, tokenizer, mode, block_size)
+    row = RemoteRow(handles, req, deadline, tokenizer, mode, block_size, streaming=True); await row.open()
     while (ev := await row.next_block()) is not None: ...
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -53,16 +58,50 @@ def _refusal(r: Refused) -> ApiError:
     return Overloaded(r.message, r.retry_after_s) if r.status == 429 else ApiError(r.status, r.message)
 
 
+def row_bytes(row: RowRequest) -> int:
+    p = row.prompt
+    return sum(int(t.numel() * t.element_size()) for t in (p.input_ids, p.pixel_values, p.image_grid_thw))
+
+
+@dataclass(frozen=True)
+class EngineHandles:
+    """The engine deployment's handle four ways: unary (plain requests) or streaming, by value or by reference.
+
+    Rows up to `by_value_max_bytes` (ServeConfig.row_by_value_max_bytes) go by value, over the
+    replicas' own gRPC channel (Serve's `_by_reference=False`): no object-store round trip, measured
+    at ~5 ms less CPU per request over ingress, engine and raylet with a tiny-preset row. Larger rows
+    (many or large images) go through the object store, which is built for them, and stay under the
+    replicas' 4 MiB gRPC message limit."""
+
+    unary: object  # ray.serve.handle.DeploymentHandle, by value
+    stream: object
+    unary_ref: object  # through the object store
+    stream_ref: object
+    by_value_max_bytes: int
+
+    @classmethod
+    def of(cls, handle, by_value_max_bytes: int) -> "EngineHandles":
+        by_value = handle.options(_by_reference=False)
+        return cls(by_value, by_value.options(stream=True), handle, handle.options(stream=True), by_value_max_bytes)
+
+    def pick(self, row: RowRequest, streaming: bool):
+        small = row_bytes(row) <= self.by_value_max_bytes
+        if streaming:
+            return self.stream if small else self.stream_ref
+        return self.unary if small else self.unary_ref
+
+
 class RemoteRow:
     """One request's row on the engine deployment (see the module docstring)."""
 
-    def __init__(self, handle, row: RowRequest, deadline: float, tokenizer, mode: str, block_size: int,
+    def __init__(self, handles: EngineHandles, row: RowRequest, deadline: float, tokenizer, mode: str, block_size: int,
                  streaming: bool):  # fmt: skip
-        self.handle, self.row, self.deadline, self.tokenizer = handle, row, deadline, tokenizer
+        self.handles, self.row, self.deadline, self.tokenizer = handles, row, deadline, tokenizer
         self.mode, self.block_size, self.streaming = mode, block_size, streaming
         self.t0 = time.perf_counter()
         self.prompt_tokens = row.prompt.length
-        self._gen = None
+        self._call = None  # the handle stream (streamed) or the unary response (plain)
+        self._answered = False  # plain: the unary response was read
         self._ready: deque = deque()
         self.tokens: list[int] = []
         self.forwards = 1  # the prefill
@@ -73,17 +112,24 @@ class RemoteRow:
     async def open(self) -> None:
         """Send the row; a stream waits for the engine's Accepted (422 / 429 before any 200 goes out)."""
         timeout_s = max(0.0, self.deadline - time.monotonic())
-        self._gen = self.handle.decode.remote(self.row, timeout_s, self.streaming)
-        if self.streaming:
-            first = await self._recv()
-            if isinstance(first, Refused):
-                self.finished = True
-                raise _refusal(first)
-            assert isinstance(first, Accepted), type(first)
+        if not self.streaming:
+            self._call = self.handles.pick(self.row, False).decode_whole.remote(self.row, timeout_s)
+            return
+        self._call = self.handles.pick(self.row, True).decode.remote(self.row, timeout_s, True)
+        first = await self._recv()
+        if isinstance(first, Refused):
+            self.finished = True
+            raise _refusal(first)
+        assert isinstance(first, Accepted), type(first)
 
     async def _recv(self):
         try:
-            return await self._gen.__anext__()
+            if self.streaming:
+                return await self._call.__anext__()
+            if self._answered:
+                raise StopAsyncIteration
+            self._answered = True
+            return await self._call
         except StopAsyncIteration:
             raise EngineGone("its stream ended without a last block") from None
         except ENGINE_FAULTS as e:
@@ -117,8 +163,8 @@ class RemoteRow:
 
     def cancel(self) -> None:
         """The client went away: stop the engine's work for this row (slot freed at its next block edge)."""
-        if self._gen is not None and not self.finished:
-            self._gen.cancel()
+        if self._call is not None and not self.finished:
+            self._call.cancel()
         self.finished = True
 
     def text(self) -> str:
@@ -132,11 +178,11 @@ class RemoteRow:
         )  # fmt: skip
 
 
-async def decode_plain(handle, row: RowRequest, deadline: float, tokenizer, mode: str, block_size: int,
+async def decode_plain(handles: EngineHandles, row: RowRequest, deadline: float, tokenizer, mode: str, block_size: int,
                        tag: str = "") -> RemoteRow:  # fmt: skip
     """Decode a plain (non-streaming) request to its end, retrying once if its engine replica dies."""
     for attempt in (1, 2):
-        remote = RemoteRow(handle, row, deadline, tokenizer, mode, block_size, streaming=False)
+        remote = RemoteRow(handles, row, deadline, tokenizer, mode, block_size, streaming=False)
         try:
             await remote.open()
             while await remote.next_block() is not None:

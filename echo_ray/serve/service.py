@@ -60,7 +60,7 @@ from echo_ray.serve.inputs import (
 from echo_ray.serve.logsafe import clean
 from echo_ray.serve.openapi import service_openapi
 from echo_ray.serve.pixel_budget import PixelBudget, trim_heap
-from echo_ray.serve.remote import Overloaded, RemoteRow, decode_plain
+from echo_ray.serve.remote import EngineHandles, Overloaded, RemoteRow, decode_plain
 from echo_ray.serve.schemas import (
     ERROR_RESPONSES,
     ApiError,
@@ -204,7 +204,7 @@ class ReportService:
     def __init__(self, engine, cfg: ServeConfig, decode: DecodeConfig, prompt: PromptConfig,
                  model: ModelConfig | None = None):  # fmt: skip
         self.engine = engine  # DeploymentHandle of the ReportEngine deployment (/v1/status)
-        self.rows_out = engine.options(stream=True)  # rows go out and block events come back as handle streams
+        self.rows_out = EngineHandles.of(engine, cfg.row_by_value_max_bytes)  # rows out; block events back (a stream, or one answer if plain)
         self.cfg, self.ready = cfg, False
         side = ModelSide.load(cfg.model, model)  # tokenizer, image processor, metadata: no weights here
         self.rows = RowFactory(side, decode, prompt)
