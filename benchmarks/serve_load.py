@@ -347,9 +347,9 @@ def main() -> int:
     from ray import serve
 
     t_start = time.perf_counter()
-    from echo_ray.serve.app import REPLICA_ENV
+    from echo_ray.serve.app import PROXY_ENV
 
-    os.environ.update(REPLICA_ENV)  # the proxy's request path as `echo-ray serve` sets it (replicas get it from compose)
+    os.environ.update(PROXY_ENV)  # the proxy's request path as `echo-ray serve` sets it (replicas get theirs from compose)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -56,6 +56,9 @@ def ray_cluster():
         # The Serve proxy (a Ray worker) inherits these: the body deadline of echo_ray.serve.body_guard,
         # short so test_serve_guard's stalled clients time out quickly.
         os.environ.update(GUARD_ENV)
+        from echo_ray.serve.app import PROXY_ENV  # and Serve's request path as `echo-ray serve` sets it
+
+        os.environ.update(PROXY_ENV)
         ray.init(
             num_cpus=int(os.environ.get("ECHO_TEST_RAY_CPUS", "4")),
             include_dashboard=False,

@@ -24,11 +24,11 @@ def test_cluster_yaml_validates() -> None:
     assert cfg["available_node_types"]["cpu_ingress"]["resources"] == {"ingress": 4}
     assert any("--shm-size" in o for o in cfg["docker"]["run_options"])
     assert any("[train,gpu]" in c for c in cfg["setup_commands"])
-    from echo_ray.serve.app import REPLICA_ENV  # the proxies read Serve's request-path settings at `ray start`
+    from echo_ray.serve.app import PROXY_ENV  # the proxies read Serve's request-path settings at `ray start`
 
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         (start,) = [c for c in raw[key] if "ray start" in c]
-        assert all(f"{k}={v} " in start for k, v in REPLICA_ENV.items()), key
+        assert all(f"{k}={v} " in start for k, v in PROXY_ENV.items()), key
 
 
 def test_cluster_yaml_images_exist() -> None:

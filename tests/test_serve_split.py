@@ -77,7 +77,8 @@ def test_rows_over_the_by_value_limit_go_through_the_object_store_with_the_same_
     handles = EngineHandles("unary", "stream", "unary_ref", "stream_ref", row_bytes(row) - 1)
     assert (handles.pick(row, False), handles.pick(row, True)) == ("unary_ref", "stream_ref")
     # An app whose every row goes through the object store (the path of large studies) decodes the same.
-    args = {"model": str(tiny_checkpoint()), "decode": {"max_new_tokens": MAX_NEW_TOKENS}, "row_by_value_max_bytes": 0}
+    args = {"model": str(tiny_checkpoint()), "decode": {"max_new_tokens": MAX_NEW_TOKENS}, "row_by_value_max_bytes": 0,
+            "max_body_bytes": 8_000_000}  # fmt: skip
     url = f"{http_base()}/{BYREF_APP}"
     serve.run(compose(*parse_app_args(args)), name=BYREF_APP, route_prefix=f"/{BYREF_APP}")
     wait_ready(url)
@@ -88,6 +89,10 @@ def test_rows_over_the_by_value_limit_go_through_the_object_store_with_the_same_
     assert (plain["text"], plain["tokens"]) == (text, n)
     events = parse_sse(requests.post(url + "/v1/reports/stream", files=files, timeout=120).text)
     assert events[-1][0] == "final" and events[-1][1]["text"] == text
+    # The proxy hands requests to the ingress over gRPC (app.PROXY_ENV): a body over gRPC's 4 MiB
+    # message limit but within max_body_bytes still reaches the ingress's own checks (not an image: 400).
+    junk = requests.post(url + "/v1/reports", files=[("images", ("a.png", b"\0" * 6_000_000, "image/png"))], timeout=120)
+    assert junk.status_code == 400 and "image" in junk.json()["error"]
     serve.delete(BYREF_APP)
 
 

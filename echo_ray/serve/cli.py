@@ -10,7 +10,7 @@ auth: `--auth-token-file` (or `serve.auth_token_file`, a mode-0600 file), or ECH
 (`serve.auth_token_env`) exported in this shell when this command starts Ray itself (the replicas
 inherit the environment; the token never travels in a runtime_env, which Ray logs). When it starts
 Ray, it also installs the proxy's body deadline (`body_guard.py`) and Serve's request-path settings
-(`app.REPLICA_ENV`) for the proxy.
+(`app.PROXY_ENV`: requests to the ingress by value over gRPC) for the proxy.
 
 Usage:
     echo-ray serve --model runs/dcd/final --port 8000
@@ -29,7 +29,7 @@ from pathlib import Path
 from echo_ray.config import to_dict
 from echo_ray.config.args import add_config_args, config_from_args
 from echo_ray.model.checkpoint import check_checkpoint_dir
-from echo_ray.serve.app import REPLICA_ENV, compose, parse_app_args
+from echo_ray.serve.app import PROXY_ENV, compose, parse_app_args
 from echo_ray.serve.auth import load_token
 from echo_ray.serve.body_guard import proxy_env
 
@@ -86,7 +86,7 @@ def run_serve(args: argparse.Namespace, wait: bool = True) -> int:
               "--auth-token-file", file=sys.stderr)  # fmt: skip
     if not ray.is_initialized():
         if not os.environ.get("RAY_ADDRESS"):
-            os.environ.update({**proxy_env(cfg), **REPLICA_ENV})  # the proxy (a Ray worker) inherits these
+            os.environ.update({**proxy_env(cfg), **PROXY_ENV})  # the proxy (a Ray worker) inherits these
         ray.init(include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port, "request_timeout_s": cfg.decode_timeout_s + 60})
     engine = {"num_replicas": args.replicas, "ray_actor_options": {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}}

@@ -136,6 +136,11 @@ class RemoteRow:
             self.finished = True
             raise EngineGone(e.__class__.__name__) from None
 
+    @property
+    def buffered(self) -> bool:
+        """Block events already received and not yet taken: `next_block` returns without waiting."""
+        return bool(self._ready)
+
     async def next_block(self) -> RowEvent | None:
         """The next block event; None after the last; ApiError on a refusal, deadline or failure."""
         if self.finished:

@@ -160,6 +160,23 @@ async def _blocks(remote: RemoteRow, rid: str) -> AsyncIterator[RowEvent | ApiEr
         remote.cancel()
 
 
+async def coalesced(chunks: AsyncIterator[bytes], remote: RemoteRow) -> AsyncIterator[bytes]:
+    """A stream's SSE chunks, joined while more are ready without waiting on the engine.
+
+    Each write is one message from the ingress to the proxy and one to the client: blocks that
+    arrived together (a loaded engine sends them in one message) and the last block with its
+    `final` / usage / [DONE] go out in one write. Events and their order are unchanged."""
+    pending: list[bytes] = []
+    async with aclosing(chunks) as events:  # closing this closes the events: the row stops
+        async for chunk in events:
+            pending.append(chunk)
+            if not remote.buffered and not remote.finished:  # the next event waits on the engine
+                yield b"".join(pending)
+                pending = []
+    if pending:
+        yield b"".join(pending)
+
+
 async def _next_or_error(remote: RemoteRow) -> RowEvent | ApiError | None:
     try:
         return await remote.next_block()
@@ -302,7 +319,8 @@ class ReportService:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         # The generator's `finally` frees the row once it runs; a client that leaves before the first
         # block is sent may never start it, so the response's background task does it too.
-        return StreamingResponse(self._row_events(request, remote, job, req, t0), media_type="text/event-stream",
+        events = coalesced(self._row_events(request, remote, job, req, t0), remote)
+        return StreamingResponse(events, media_type="text/event-stream",
                                  headers=headers, background=BackgroundTask(remote.cancel))  # fmt: skip
 
     async def _row_events(self, request: Request, remote: RemoteRow, job: Job, req: ReportRequest,
@@ -348,7 +366,8 @@ class ReportService:
                                                len(r.tokens)))  # fmt: skip
         remote = self._remote(row, job, streaming=True)
         await remote.open()
-        return StreamingResponse(self._chat_chunks(rid, remote, opts, req, job, t0), media_type="text/event-stream",
+        chunks = coalesced(self._chat_chunks(rid, remote, opts, req, job, t0), remote)
+        return StreamingResponse(chunks, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"}, background=BackgroundTask(remote.cancel))  # fmt: skip
 
     async def _chat_chunks(self, rid: str, remote: RemoteRow, opts: oai.ChatOptions, req: ReportRequest, job: Job,
