@@ -2,7 +2,7 @@
 
 It takes ready rows (`RowRequest`: token ids, pixel tensors, grid, mode, budget) from the ingress
 deployment (service.py) through a `DeploymentHandle` and answers with block updates as a handle
-stream (`handle.options(stream=True).decode.remote(row, timeout_s, True)`), or, for a plain
+stream (`handle.options(stream=True).decode.remote(row, timeout_s)`), or, for a plain
 request, as one answer (`handle.decode_whole.remote(row, timeout_s)`); no HTTP, no
 bytes, no image decoding here. A thin shell over `EngineCore` (continuous.py). One GPU per replica
 on a cluster (serve_config.yaml), a CPU fraction locally; Serve replaces a replica that dies and
@@ -10,7 +10,7 @@ the ingress retries its plain requests once (service.py).
 
 Usage (app.py binds it under the ingress):
     engine = ReportEngine.bind(ServeConfig(model="runs/dcd/final"), DecodeConfig(), PromptConfig(), ModelConfig())
-    gen = handle.options(stream=True).decode.remote(row, 60.0, True)   # Accepted, then [BlockUpdate], ...
+    gen = handle.options(stream=True).decode.remote(row, 60.0)         # Accepted, then [BlockUpdate], ...
     updates = await handle.decode_whole.remote(row, 60.0)              # Refused | [BlockUpdate, ..., last]
 """
 
@@ -71,10 +71,10 @@ class ReportEngine:
         if getattr(self, "core", None) is not None:
             self.core.close()
 
-    async def decode(self, row: RowRequest, timeout_s: float, streaming: bool) -> AsyncIterator[Message]:
-        """Handle-stream entry (streamed requests): see EngineCore.run."""
+    async def decode(self, row: RowRequest, timeout_s: float) -> AsyncIterator[Message]:
+        """Handle-stream entry (streamed requests): Accepted or Refused, then updates (EngineCore.run)."""
         self.last_row = row  # a reference only: /v1/status shows what a row carries (`row_leaves`)
-        async for msg in self.core.run(row, timeout_s, streaming):
+        async for msg in self.core.run(row, timeout_s, streaming=True):
             yield msg
 
     async def decode_whole(self, row: RowRequest, timeout_s: float) -> Refused | list[Update]:

@@ -1,11 +1,11 @@
 """The ingress's side of a row: send it to the engine deployment, turn its block updates into answers.
 
-`RemoteRow` calls the engine through its `DeploymentHandle`s (`EngineHandles`): a streamed request as
-a handle stream (`stream.decode.remote(row, timeout_s, True)`: Accepted, then block updates), a
-plain one as a single answer (`unary.decode_whole.remote(row, timeout_s)`: every update at once,
-one reply instead of a stream's per-item reports). Rows up to `row_by_value_max_bytes` travel by
-value over the replicas' gRPC channel, larger ones through the object store. It accumulates the row's tokens and builds the
-same `GeneratedReport` the local decoder returns. The engine's refusals
+`RemoteRow` calls the engine through its `DeploymentHandle`s (`EngineHandles`): a streamed request
+as a handle stream (`stream.decode.remote(row, timeout_s)`: Accepted, then block updates), a plain
+one as a single answer (`unary.decode_whole.remote(row, timeout_s)`: every update at once, one
+reply instead of a stream's per-item reports). Rows up to `row_by_value_max_bytes` travel by value
+over the replicas' gRPC channel, larger ones through the object store. It accumulates the row's
+tokens and builds the same `GeneratedReport` the local decoder returns. The engine's refusals
 become `ApiError` 422 / `Overloaded` 429 (with Retry-After), its failures the statuses the old
 single-deployment service used (deadline 503, invalid 422, internal 500). An engine replica that
 dies mid-request surfaces as `EngineGone` (503); `decode_plain` retries a plain request once, on
@@ -115,7 +115,7 @@ class RemoteRow:
         if not self.streaming:
             self._call = self.handles.pick(self.row, False).decode_whole.remote(self.row, timeout_s)
             return
-        self._call = self.handles.pick(self.row, True).decode.remote(self.row, timeout_s, True)
+        self._call = self.handles.pick(self.row, True).decode.remote(self.row, timeout_s)
         first = await self._recv()
         if isinstance(first, Refused):
             self.finished = True
