@@ -20,8 +20,9 @@ a third into the run: `fault.{sent, completed, failed_plain, streams_unterminate
 `--soak` runs only a soak instead: c=8 mixed for --soak-seconds (600), errors and each replica's RSS
 after minute 2 and at the end (goal: growth < 10 %).
 
-Bounded: a request count and a time cap per cell (the mixed cells: the time cap only). The model is the random tiny preset (never emits
-EOS, so every request decodes its whole budget), unless `--model` names a checkpoint.
+Bounded: a request count and a time cap per cell (the mixed cells: the time cap only). The model
+is the random tiny preset (never emits EOS, so every request decodes its whole budget), unless
+`--model` names a checkpoint.
 
 Usage:
     python benchmarks/serve_load.py --json [--model DIR] [--max-new-tokens 64] [--cell-seconds 15] [--slots 16]

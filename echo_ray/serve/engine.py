@@ -27,8 +27,8 @@ from ray import serve
 from echo_ray.config import DecodeConfig, ModelConfig, PromptConfig, ServeConfig
 from echo_ray.decode.engine import DecodeEngine, RowRequest
 from echo_ray.decode.rows import ModelSide, RowFactory, row_leaves
-from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.decode.scheduler import Update
+from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.serve.continuous import EngineCore, Message, Refused
 from echo_ray.serve.metrics import SchedulerMetrics
 
