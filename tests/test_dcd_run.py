@@ -16,8 +16,10 @@ import torch
 from echo_ray.config import load_config
 from echo_ray.data.phantom_dataset import write_phantom_dataset
 from echo_ray.model.checkpoint import load_checkpoint, save_checkpoint
+from echo_ray.train.dcd.agreement import onestep_agreement
 from echo_ray.train.dcd.driver import run_dcd
 from echo_ray.train.dcd.store import read_trajectories
+from echo_ray.train.examples import read_prompt
 from echo_ray.train.launcher import FAULT_ENV
 
 ROUNDS, PER_ROUND, HELDOUT = 2, 4, 3
@@ -43,6 +45,7 @@ def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teach
         "train.dcd_teacher.epochs": 2,  # then one review pass over the stored rounds (rounds 2 and 3)
         "train.dcd.data": str(data), "train.dcd.split": "dcd", "train.dcd.output_dir": str(out),
         "train.dcd.batch_size": 1, "train.dcd.optim.lr": 1e-4, "train.dcd.optim.warmup_steps": 0,
+        "train.dcd.ema_decay": 0.5,  # the recipe's 0.99 would leave 8 steps' average next to the teacher
         "train.dcd.image_gap_batches": 4,  # every row a rank trains on: some share an image layout to swap
         "train.distributed.num_workers": 2, "train.distributed.backend": "ddp",
     })  # fmt: skip
@@ -97,6 +100,16 @@ def test_short_dcd_run_streams_and_raises_agreement(ray_cluster, confident_teach
     assert summary["final_from"] == (f"best round {summary['best_round']}" if beaten else "last step")
     assert (out / "last").is_dir() == beaten
     assert all(w["agreement"] < w["best"] - 0.05 for w in summary["warnings"])
+
+    # the weights scored are the weights exported (the moving average, train.dcd.ema_decay): the final
+    # checkpoint, decoded here, agrees with the teacher exactly as the run said it would
+    final = load_checkpoint(outcome.train.final_dir)
+    prompts = [read_prompt([im["path"] for im in r.task.images], r.task.language, final.tokenizer, final.image_processor,
+                           cfg.prompt) for r in held]  # fmt: skip
+    again = onestep_agreement(final.model, prompts, [r.tokens.tolist() for r in held], final.mask_id, final.eos_id,
+                              final.pad_id, 8, 24)  # fmt: skip
+    said = summary["final_agreement"] if summary["final_from"] == "last step" else summary["best_agreement"]
+    assert again["agreement"] == pytest.approx(said)
 
 
 def test_dead_train_worker_resumes_and_replays_the_stream_in_order(ray_cluster, confident_teacher, phantom_dir,

@@ -10,11 +10,16 @@ State for resume: DeepSpeed writes its own (possibly ZeRO-partitioned) model/opt
 files, each rank its own shard; DDP writes the weights as safetensors plus the optimizer and
 scheduler state dicts (tensors only, loaded with ``weights_only=True``) from rank 0.
 
+With `ema_decay` > 0 both keep an exponential moving average of the trained weights
+(echo_ray.train.ema): updated after every optimizer step, saved and restored with the state, and
+it is what `export_state_dict` exports and `averaged()` puts in the model for scoring.
+
 Usage:
     engine = make_engine("deepspeed", StageModule(model, stage), dist_cfg, optim_cfg, max_steps, 4, 1, device)
     stats = engine.train_step([batch])               # StepStats(loss, grad_norm, lr, metrics)
     engine.save_state(dir); engine.load_state(dir)   # every rank
     sd = engine.export_state_dict()                  # every rank; the full HF state dict on rank 0
+    with engine.averaged(): score(engine.hf_model)   # the averaged weights (as trained without ema_decay)
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import torch
 import torch.distributed as dist
 
 from echo_ray.config import DistributedConfig, OptimConfig
+from echo_ray.errors import ConfigError
+from echo_ray.train.ema import WeightAverage, averaged
 from echo_ray.train.stage import Batch, StageModule
 
 log = logging.getLogger(__name__)
@@ -66,10 +73,44 @@ def _mean_metrics(per_micro: list[dict[str, float]]) -> dict[str, float]:
 class TrainEngine(ABC):
     """One optimizer step over micro-batches, state save/load, and HF weight export."""
 
+    name = ""
+
     def __init__(self, module: StageModule, dist_cfg: DistributedConfig, optim: OptimConfig,
-                 max_steps: int, micro_batch: int, grad_accum: int, device: torch.device):  # fmt: skip
+                 max_steps: int, micro_batch: int, grad_accum: int, device: torch.device,
+                 ema_decay: float = 0.0):  # fmt: skip
         self.module, self.dist_cfg, self.optim_cfg = module, dist_cfg, optim
         self.max_steps, self.micro_batch, self.grad_accum, self.device = max_steps, micro_batch, grad_accum, device
+        self.ema_decay = ema_decay
+        self.ema: WeightAverage | None = None  # started by the subclass once the weights sit on the device
+        if ema_decay > 0 and self.name == "deepspeed" and dist_cfg.zero_stage == 3:
+            raise ConfigError("ema_decay needs whole weights on every rank: use zero_stage <= 2 or ddp, or ema_decay 0")
+
+    def start_average(self) -> None:
+        if self.ema_decay > 0:
+            self.ema = WeightAverage(self.trainable(), self.ema_decay)
+
+    def averaged(self):
+        """Context: the model holds the averaged weights (no-op without ema_decay)."""
+        return averaged(self.ema)
+
+    def _after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update()
+
+    def _save_average(self, out_dir: Path) -> None:
+        if self.ema is not None and _rank() == 0:
+            self.ema.save(out_dir)
+
+    def _load_average(self, ckpt_dir: Path) -> None:
+        if self.ema is not None:
+            self.ema.load(ckpt_dir)
+
+    def _exported(self) -> dict[str, torch.Tensor]:
+        """The full state dict (rank 0, whole weights): the averaged weights when there is an average."""
+        if self.ema is None:
+            return self.module.model.state_dict()
+        with self.averaged():
+            return {k: v.detach().clone() for k, v in self.module.model.state_dict().items()}
 
     @property
     def hf_model(self):
@@ -109,6 +150,7 @@ class DDPEngine(TrainEngine):
         o = self.optim_cfg
         self.optimizer = torch.optim.AdamW(self.trainable(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = self.schedule(self.optimizer)
+        self.start_average()
 
     def _forward(self, batch: Batch):
         if self.dist_cfg.bf16 and self.device.type == "cuda":
@@ -131,6 +173,7 @@ class DDPEngine(TrainEngine):
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._after_step()
         return StepStats(sum(losses) / len(losses), float(gn), float(lr), _mean_metrics(metrics))
 
     def save_state(self, out_dir: Path) -> None:
@@ -142,6 +185,7 @@ class DDPEngine(TrainEngine):
         save_model(self.module.model, str(out_dir / "model.safetensors"))
         torch.save(self.optimizer.state_dict(), out_dir / "optimizer.pt")
         torch.save(self.scheduler.state_dict(), out_dir / "scheduler.pt")
+        self._save_average(out_dir)
 
     def load_state(self, ckpt_dir: Path) -> None:
         from safetensors.torch import load_model
@@ -149,9 +193,10 @@ class DDPEngine(TrainEngine):
         load_model(self.module.model, str(ckpt_dir / "model.safetensors"), device=str(self.device))
         self.optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", map_location=self.device, weights_only=True))
         self.scheduler.load_state_dict(torch.load(ckpt_dir / "scheduler.pt", weights_only=True))
+        self._load_average(ckpt_dir)
 
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
-        return self.module.model.state_dict() if _rank() == 0 else None
+        return self._exported() if _rank() == 0 else None
 
 
 # backend name -> "module:Class"; imported on use so DeepSpeed loads only when chosen.
@@ -172,6 +217,8 @@ def resolve_backend(backend: str) -> str:
 
 
 def make_engine(backend: str, module: StageModule, dist_cfg: DistributedConfig, optim: OptimConfig,
-                max_steps: int, micro_batch: int, grad_accum: int, device: torch.device) -> TrainEngine:  # fmt: skip
+                max_steps: int, micro_batch: int, grad_accum: int, device: torch.device,
+                ema_decay: float = 0.0) -> TrainEngine:  # fmt: skip
     mod, cls = ENGINES[resolve_backend(backend)].split(":")
-    return getattr(importlib.import_module(mod), cls)(module, dist_cfg, optim, max_steps, micro_batch, grad_accum, device)
+    return getattr(importlib.import_module(mod), cls)(module, dist_cfg, optim, max_steps, micro_batch, grad_accum, device,
+                                                      ema_decay)  # fmt: skip

@@ -123,6 +123,7 @@ class DeepSpeedEngine(TrainEngine):
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.module, model_parameters=self.trainable(), config=cfg, lr_scheduler=self.schedule
         )
+        self.start_average()  # after initialize: ZeRO-1/2 made the weights views of its flat buffers
 
     def train_step(self, batches: list[Batch]) -> StepStats:
         losses, metrics = [], []
@@ -133,18 +134,21 @@ class DeepSpeedEngine(TrainEngine):
             self.engine.step()
             losses.append(float(loss.detach()))
             metrics.append(m)
+        self._after_step()  # the accumulation boundary: DeepSpeed stepped the optimizer on the last micro-batch
         gn = self.engine.get_global_grad_norm()
         return StepStats(sum(losses) / len(losses), float(gn if gn is not None else 0.0), lr, _mean_metrics(metrics))
 
     def save_state(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(out_dir), tag=TAG, save_latest=False)
+        self._save_average(out_dir)
 
     def load_state(self, ckpt_dir: Path) -> None:
         path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=TAG, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)  # fmt: skip
         if path is None:
             raise InputError(f"no DeepSpeed state under {ckpt_dir}/{TAG}")
+        self._load_average(ckpt_dir)
 
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
         if self.dist_cfg.zero_stage == 3:
@@ -152,4 +156,4 @@ class DeepSpeedEngine(TrainEngine):
             if _rank() != 0:
                 return None
             return {k[len("model.") :]: v for k, v in full.items() if k.startswith("model.")}
-        return self.module.model.state_dict() if _rank() == 0 else None
+        return self._exported() if _rank() == 0 else None

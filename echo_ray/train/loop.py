@@ -159,7 +159,7 @@ def train_func(config: dict) -> None:
     stage = build_stage(job)
     module = StageModule(parts.model, stage)
     engine = make_engine(job.dist.backend, module, job.dist, job.cfg.optim, job.cfg.max_steps, job.cfg.batch_size,
-                         job.cfg.grad_accum, device)  # fmt: skip
+                         job.cfg.grad_accum, device, job.cfg.ema_decay)  # fmt: skip
     state = TrainState()
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -170,6 +170,6 @@ def train_func(config: dict) -> None:
                         f"{state.position.batches} micro-batches in)")  # fmt: skip
     source: RowSource = config["rows"]
     rows = source.open(job, parts, rank, state.position)
-    rows.callbacks.on_start(state)
+    rows.callbacks.on_start(state, engine.averaged)
     state = run_loop(job, stage, parts, engine, state, rows, rank)
     rows.callbacks.on_finish(state)

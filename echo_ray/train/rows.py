@@ -6,20 +6,23 @@ the loop calls `source.open(job, parts, rank, position)` once and gets a `RowStr
 * `batches`: an iterator of `(rows, DataPosition)` micro-batches. Between micro-batches it may
   also yield `LoopEvent`s (DCD: the end of a teacher round); the loop hands each event to the
   callbacks, so the iterator itself only reads;
-* `callbacks` (`LoopCallbacks`): `on_start(state)` before the first step, `on_event(event)` as
-  events arrive, `on_finish(state)` after the last step (every rank; it may be collective).
+* `callbacks` (`LoopCallbacks`): `on_start(state, scored)` before the first step, `on_event(event)`
+  as events arrive, `on_finish(state)` after the last step (every rank; it may be collective).
+  `scored()` is a context in which the model holds the weights to evaluate: the engine's averaged
+  weights when the stage keeps an average (`ema_decay`), else the trained ones as they are.
 
 CPT and RAD read their Ray Data shard (`DatasetRows`); DCD streams teacher trajectories
 (echo_ray.train.dcd.worker.DcdRowSource).
 
 Usage:
     TorchTrainer(train_func, train_loop_config={"job": job, "rows": DatasetRows()}, ...)
-    stream = source.open(job, parts, rank, state.position); stream.callbacks.on_start(state)
+    stream = source.open(job, parts, rank, state.position); stream.callbacks.on_start(state, engine.averaged)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
 
@@ -33,8 +36,8 @@ class LoopEvent:
 class LoopCallbacks:
     """Hooks the loop calls at fixed points; the defaults do nothing."""
 
-    def on_start(self, state: Any) -> None:
-        """Before the first step of this worker (state: TrainState, possibly restored)."""
+    def on_start(self, state: Any, scored: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+        """Before the first step of this worker (state: TrainState, possibly restored; scored: see above)."""
 
     def on_event(self, event: LoopEvent) -> None:
         """An event the stream yielded before the next micro-batch."""

@@ -9,7 +9,8 @@ and gets this worker's `RowStream`:
   agreement with the teacher on the held-out prompts (`agreement`), the trainer's idle fraction so
   far, and the teacher metrics the feeder attached, appended to `<output_dir>/dcd_rounds.jsonl` and
   TensorBoard (`dcd/*`). `on_start` measures agreement once before the first step (round -1: the
-  teacher's own one-step score, since the student starts as the teacher); `on_finish` reads the
+  teacher's own one-step score, since the student starts as the teacher); with `train.dcd.ema_decay`
+  every score and every saved best is of the averaged weights, the ones the run exports; `on_finish` reads the
   last RoundEnd, evaluates the final model, and averages the idle time over ranks. Every scored
   round also goes through `best.BestRound`: a new best is saved to `<output_dir>/best` when
   `train.dcd.keep_best` is on (round -1 included), a round more than `agreement_drop_warn` below the
@@ -36,6 +37,7 @@ Usage (the driver passes the source to the loop as train_loop_config["rows"]):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -154,8 +156,10 @@ class DcdRounds(LoopCallbacks):
         self.eval_s = 0.0
         self.rounds: list[dict] = []
         self.best = best
+        self.scored = contextlib.nullcontext
 
-    def on_start(self, state) -> None:
+    def on_start(self, state, scored=contextlib.nullcontext) -> None:
+        self.scored = scored  # the weights the run exports (the average under ema_decay)
         if self.rank == 0 and self.best.unscored:
             worker_line(f"[dcd] warning: {self.best.unscored}; keep_best cannot work, final is the last step")
         if state.step == 0:
@@ -198,8 +202,9 @@ class DcdRounds(LoopCallbacks):
             return {}
         t0 = time.perf_counter()
         p = self.parts
-        out = onestep_agreement(p.model, self._heldout_prompts(), [r.tokens.tolist() for r in self.heldout],
-                                p.mask_id, p.eos_id, p.pad_id, p.block_size, self.source.max_new_tokens)  # fmt: skip
+        with self.scored():
+            out = onestep_agreement(p.model, self._heldout_prompts(), [r.tokens.tolist() for r in self.heldout],
+                                    p.mask_id, p.eos_id, p.pad_id, p.block_size, self.source.max_new_tokens)  # fmt: skip
         self.eval_s += time.perf_counter() - t0
         return {"agreement": out["agreement"], "exact": out["exact"], "eval_s": time.perf_counter() - t0}
 
@@ -224,7 +229,8 @@ class DcdRounds(LoopCallbacks):
         verdict = b.tracker.update(rec["round"], rec["agreement"])
         if verdict.new_best and b.keep:
             t0 = time.perf_counter()
-            save_best(self.parts, self.source.output_dir)
+            with self.scored():
+                save_best(self.parts, self.source.output_dir)
             b.saved_round = rec["round"]
             rec["best_saved"] = True  # written after the save finished: a resumed group trusts it
             self.eval_s += time.perf_counter() - t0  # not trainer idle time
