@@ -217,7 +217,7 @@ def recipe(cfg) -> dict:
     d, t = cfg.train.dcd, cfg.train.dcd_teacher
     return {"loss": to_dict(d.loss), "optim": to_dict(d.optim), "batch_size": d.batch_size, "epochs": t.epochs,
             "top_k": t.top_k, "teacher_steps": t.teacher_steps, "teacher_batch_size": t.teacher_batch_size,
-            "queue_size": t.queue_size, "keep_best": d.keep_best}
+            "queue_size": t.queue_size, "keep_best": d.keep_best, "ema_decay": d.ema_decay}
 
 
 def max_drop(by_round: dict[int, float | None], after: int = 1) -> float | None:
