@@ -12,6 +12,7 @@ import torch
 
 from echo_ray.config import DistributedConfig, OptimConfig, PromptConfig
 from echo_ray.data.phantom_dataset import phantom_rows
+from echo_ray.errors import ConfigError
 from echo_ray.model.checkpoint import load_checkpoint
 from echo_ray.train.backends import DDPEngine, lr_factor, make_engine, resolve_backend
 from echo_ray.train.cpt import CptStage
@@ -73,16 +74,21 @@ def test_backend_registry_falls_back_to_ddp(monkeypatch):
         resolve_backend("horovod")
 
 
+def ddp_engine(ckpt_dir, rows: list[dict], ema_decay: float = 0.0):
+    """A fresh DDP engine on the tiny checkpoint (CPT stage) and one batch of `rows`."""
+    ck = load_checkpoint(str(ckpt_dir))
+    parts = ModelParts(ck.model.train(), ck.tokenizer, ck.image_processor, ck.mask_id, 8, PromptConfig())
+    stage = CptStage(Limits(512, 256))
+    engine = make_engine("ddp", StageModule(parts.model, stage), DistributedConfig(backend="ddp"),
+                         OptimConfig(lr=3e-3, warmup_steps=1), 10, 2, 1, torch.device("cpu"), ema_decay)  # fmt: skip
+    return engine, stage.build_batch(rows, parts, torch.Generator())
+
+
 def test_ddp_engine_steps_and_resumes_exactly(tiny_ckpt_dir, phantom_dir, tmp_path):
     rows = phantom_rows(phantom_dir)[:2]
 
     def fresh():
-        ck = load_checkpoint(str(tiny_ckpt_dir))
-        parts = ModelParts(ck.model.train(), ck.tokenizer, ck.image_processor, ck.mask_id, 8, PromptConfig())
-        stage = CptStage(Limits(512, 256))
-        engine = make_engine("ddp", StageModule(parts.model, stage), DistributedConfig(backend="ddp"),
-                             OptimConfig(lr=3e-3, warmup_steps=1), 10, 2, 1, torch.device("cpu"))  # fmt: skip
-        return engine, stage.build_batch(rows, parts, torch.Generator())
+        return ddp_engine(tiny_ckpt_dir, rows)
 
     engine, batch = fresh()
     assert isinstance(engine, DDPEngine)
@@ -97,3 +103,35 @@ def test_ddp_engine_steps_and_resumes_exactly(tiny_ckpt_dir, phantom_dir, tmp_pa
     assert nxt.grad_norm > 0 and set(nxt.metrics) == {"response_tokens"}
     sd = other.export_state_dict()
     assert sd is not None and "lm_head.weight" in sd
+
+
+def test_ddp_engine_exports_the_average_and_resumes_it(tiny_ckpt_dir, phantom_dir, tmp_path):
+    """With ema_decay the export is the moving average (echo_ray.train.ema), the trained weights stay in
+    the model, and a resumed engine continues both exactly."""
+    rows = phantom_rows(phantom_dir)[:2]
+    engine, batch = ddp_engine(tiny_ckpt_dir, rows, 0.9)
+    for _ in range(3):
+        engine.train_step([batch])
+    assert engine.ema is not None and engine.ema.updates == 3
+    raw = {k: v.detach().clone() for k, v in engine.hf_model.state_dict().items()}
+    sd = engine.export_state_dict()
+    name = "lm_head.weight"
+    assert not torch.equal(sd[name], raw[name])  # the average, not the last step
+    idx = [i for i, p in enumerate(engine.trainable()) if p is engine.hf_model.lm_head.weight][0]
+    assert torch.equal(sd[name], engine.ema.average[idx])
+    assert torch.equal(engine.hf_model.state_dict()[name], raw[name])  # export left the trained weights in place
+    engine.save_state(tmp_path / "engine")
+    nxt = engine.train_step([batch])
+    other, batch2 = ddp_engine(tiny_ckpt_dir, rows, 0.9)
+    other.load_state(tmp_path / "engine")
+    assert other.ema.updates == 3
+    again = other.train_step([batch2])
+    assert again.loss == pytest.approx(nxt.loss, rel=1e-6)
+    assert all(torch.allclose(a, b) for a, b in zip(other.ema.average, engine.ema.average))
+
+
+def test_zero3_refuses_an_average(tiny_ckpt_dir):
+    ck = load_checkpoint(str(tiny_ckpt_dir))
+    module = StageModule(ck.model, CptStage(Limits(512, 256)))
+    with pytest.raises(ConfigError, match="zero_stage"):
+        make_engine("deepspeed", module, DistributedConfig(zero_stage=3), OptimConfig(), 5, 1, 1, torch.device("cpu"), 0.9)

@@ -1,20 +1,14 @@
-"""The weight average (echo_ray.train.ema): its update rule, the in-place swap, save/load, and the
-DDP engine exporting and resuming it."""
+"""The weight average (echo_ray.train.ema): its update rule, the in-place swap, save/load, and which
+stages keep one by default (the engines' use of it: tests/test_backends.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from echo_ray.config import DcdConfig, DistributedConfig, OptimConfig, PromptConfig, RadConfig
-from echo_ray.data.phantom_dataset import phantom_rows
-from echo_ray.errors import ConfigError, InputError
-from echo_ray.model.checkpoint import load_checkpoint
-from echo_ray.train.backends import make_engine
-from echo_ray.train.cpt import CptStage
+from echo_ray.config import DcdConfig, RadConfig
+from echo_ray.errors import InputError
 from echo_ray.train.ema import WeightAverage, averaged
-from echo_ray.train.examples import Limits
-from echo_ray.train.stage import ModelParts, StageModule
 
 
 def test_update_is_the_moving_average_from_the_initial_weights():
@@ -72,42 +66,3 @@ def test_save_and_load_round_trip_and_refusals(tmp_path):
 
 def test_dcd_averages_by_default_and_other_stages_do_not():
     assert DcdConfig().ema_decay == 0.99 and RadConfig().ema_decay == 0.0
-
-
-def test_zero3_refuses_an_average(tiny_ckpt_dir):
-    ck = load_checkpoint(str(tiny_ckpt_dir))
-    module = StageModule(ck.model, CptStage(Limits(512, 256)))
-    with pytest.raises(ConfigError, match="zero_stage"):
-        make_engine("deepspeed", module, DistributedConfig(zero_stage=3), OptimConfig(), 5, 1, 1, torch.device("cpu"), 0.9)
-
-
-def test_ddp_engine_exports_the_average_and_resumes_it(tiny_ckpt_dir, phantom_dir, tmp_path):
-    rows = phantom_rows(phantom_dir)[:2]
-
-    def fresh():
-        ck = load_checkpoint(str(tiny_ckpt_dir))
-        parts = ModelParts(ck.model.train(), ck.tokenizer, ck.image_processor, ck.mask_id, 8, PromptConfig())
-        stage = CptStage(Limits(512, 256))
-        engine = make_engine("ddp", StageModule(parts.model, stage), DistributedConfig(backend="ddp"),
-                             OptimConfig(lr=3e-3, warmup_steps=1), 10, 2, 1, torch.device("cpu"), 0.9)  # fmt: skip
-        return engine, stage.build_batch(rows, parts, torch.Generator())
-
-    engine, batch = fresh()
-    for _ in range(3):
-        engine.train_step([batch])
-    assert engine.ema is not None and engine.ema.updates == 3
-    raw = {k: v.detach().clone() for k, v in engine.hf_model.state_dict().items()}
-    sd = engine.export_state_dict()
-    name = "lm_head.weight"
-    assert not torch.equal(sd[name], raw[name])  # the average, not the last step
-    idx = [i for i, p in enumerate(engine.trainable()) if p is engine.hf_model.lm_head.weight][0]
-    assert torch.equal(sd[name], engine.ema.average[idx])
-    assert torch.equal(engine.hf_model.state_dict()[name], raw[name])  # export left the trained weights in place
-    engine.save_state(tmp_path / "engine")
-    nxt = engine.train_step([batch])
-    other, batch2 = fresh()
-    other.load_state(tmp_path / "engine")
-    assert other.ema.updates == 3
-    again = other.train_step([batch2])
-    assert again.loss == pytest.approx(nxt.loss, rel=1e-6)
-    assert all(torch.allclose(a, b) for a, b in zip(other.ema.average, engine.ema.average))
