@@ -24,6 +24,11 @@ def test_lingshu_preset_names_gpu_settings() -> None:
     assert cfg.model.path.startswith("s3://") and cfg.model.dtype == "bfloat16"
     d = cfg.train.distributed
     assert d.use_gpu and d.zero_stage == 3 and d.bf16 and d.activation_checkpointing
+    # ZeRO-3 keeps no weight average (echo_ray.train.ema): the preset turns DCD's off, so every stage passes
+    from echo_ray.train.backends import check_average
+
+    for stage in ("cpt", "rad", "dcd"):
+        check_average(d.backend, d, getattr(cfg.train, stage).ema_decay, f"train.{stage}.ema_decay")
 
 
 def test_unknown_key_is_named(tmp_path) -> None:

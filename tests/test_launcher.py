@@ -144,6 +144,9 @@ def test_bad_inputs_fail_before_workers_start(dataset, tiny_ckpt_dir, tmp_path):
         plan_stage(_cfg("cpt", dataset, tmp_path / "o", model, **{"train.cpt.max_prompt_tokens": 4096}), "cpt")
     with pytest.raises(ConfigError, match="flash_attention_2"):
         plan_stage(_cfg("cpt", dataset, tmp_path / "o", model, **{"model.attn_implementation": "flash_attention_2"}), "cpt")
+    zero3 = {"train.distributed.backend": "deepspeed", "train.distributed.zero_stage": 3, "train.cpt.ema_decay": 0.99}
+    with pytest.raises(ConfigError, match=r"train.cpt.ema_decay=0.99 needs whole weights on every rank.*ZeRO-3"):
+        plan_stage(_cfg("cpt", dataset, tmp_path / "o", model, **zero3), "cpt")
     with pytest.raises(ConfigError, match="train.rad.noise: needs 0 < t_min <= t_max"):  # refused where loaded
         _cfg("rad", dataset, tmp_path / "o", model, **{"train.rad.noise.t_min": 0.9, "train.rad.noise.t_max": 0.5})
     empty = tmp_path / "empty"

@@ -70,6 +70,13 @@ def _mean_metrics(per_micro: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(m[k] for m in per_micro) / len(per_micro) for k in keys}
 
 
+def check_average(backend: str, dist_cfg: DistributedConfig, ema_decay: float, key: str) -> None:
+    """A weight average needs whole weights on every rank; ZeRO-3 partitions them (echo_ray.train.ema)."""
+    if ema_decay > 0 and backend == "deepspeed" and dist_cfg.zero_stage == 3:
+        raise ConfigError(f"{key}={ema_decay} needs whole weights on every rank, and ZeRO-3 partitions them: set "
+                          f"{key}=0, or train.distributed.zero_stage <= 2 or backend ddp")  # fmt: skip
+
+
 class TrainEngine(ABC):
     """One optimizer step over micro-batches, state save/load, and HF weight export."""
 
@@ -82,8 +89,7 @@ class TrainEngine(ABC):
         self.max_steps, self.micro_batch, self.grad_accum, self.device = max_steps, micro_batch, grad_accum, device
         self.ema_decay = ema_decay
         self.ema: WeightAverage | None = None  # started by the subclass once the weights sit on the device
-        if ema_decay > 0 and self.name == "deepspeed" and dist_cfg.zero_stage == 3:
-            raise ConfigError("ema_decay needs whole weights on every rank: use zero_stage <= 2 or ddp, or ema_decay 0")
+        check_average(self.name, dist_cfg, ema_decay, "ema_decay")
 
     def start_average(self) -> None:
         if self.ema_decay > 0:

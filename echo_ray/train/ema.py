@@ -15,7 +15,8 @@ resuming restores both.
 `swapped()` puts the average into the model's own parameter tensors in place and back
 afterwards (a per-tensor temporary, so no second copy of the model): it works wherever every rank
 holds whole weights (DDP, ZeRO-1/2; ZeRO-2's flat buffers are views the copy writes through).
-ZeRO-3 partitions the weights, so `train.<stage>.optim.ema_decay` is refused there.
+ZeRO-3 partitions the weights, so `train.<stage>.ema_decay` > 0 is refused there
+(`backends.check_average`, on the driver before any worker starts).
 
 Usage:
     ema = WeightAverage(trainable_params, decay=0.99)

@@ -24,6 +24,7 @@ from echo_ray.config import CptConfig, DcdConfig, EchoConfig, RadConfig, check_s
 from echo_ray.errors import ConfigError, InputError
 from echo_ray.model.checkpoint import check_checkpoint_dir, set_pixel_bounds
 from echo_ray.storage import download_dir, exists, is_s3, join, list_files, resolve_fs, upload_dir
+from echo_ray.train.backends import check_average, resolve_backend
 from echo_ray.train.examples import Limits, check_lengths, encode_row
 from echo_ray.train.job import STAGES, FaultSpec, StageJob
 
@@ -51,6 +52,8 @@ def check_settings(cfg: EchoConfig, stage: str) -> None:
     # configs built in code.
     check_section(stage_config(cfg, stage), f"train.{stage}")
     check_section(cfg.train.distributed, "train.distributed")
+    dist = cfg.train.distributed
+    check_average(resolve_backend(dist.backend), dist, stage_config(cfg, stage).ema_decay, f"train.{stage}.ema_decay")
     if cfg.model.attn_implementation == "flash_attention_2":
         raise ConfigError(
             "model.attn_implementation=flash_attention_2 cannot take ECHO's explicit block masks; train with "
