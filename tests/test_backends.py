@@ -86,17 +86,13 @@ def ddp_engine(ckpt_dir, rows: list[dict], ema_decay: float = 0.0):
 
 def test_ddp_engine_steps_and_resumes_exactly(tiny_ckpt_dir, phantom_dir, tmp_path):
     rows = phantom_rows(phantom_dir)[:2]
-
-    def fresh():
-        return ddp_engine(tiny_ckpt_dir, rows)
-
-    engine, batch = fresh()
+    engine, batch = ddp_engine(tiny_ckpt_dir, rows)
     assert isinstance(engine, DDPEngine)
     losses = [engine.train_step([batch]).loss for _ in range(3)]
     assert losses[-1] < losses[0]
     engine.save_state(tmp_path / "engine")
     nxt = engine.train_step([batch])
-    other, batch2 = fresh()
+    other, batch2 = ddp_engine(tiny_ckpt_dir, rows)
     other.load_state(tmp_path / "engine")
     again = other.train_step([batch2])
     assert again.loss == pytest.approx(nxt.loss, rel=1e-6) and again.lr == pytest.approx(nxt.lr)
